@@ -1,0 +1,1 @@
+"""mlsys-bench: the shared benchmark harness."""

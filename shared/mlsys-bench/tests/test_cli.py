@@ -1,0 +1,57 @@
+import pytest
+import torch
+from mlsys_bench import machine
+from mlsys_bench.cli import main
+from mlsys_bench.project import BenchContext
+from mlsys_bench.record import read_record
+
+
+def test_unknown_project_is_named():
+    with pytest.raises(SystemExit, match="unknown project 'nope'; registered: .*mlsys-bench"):
+        main(["blog", "nope", "--check"])
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error raised without CUDA")
+def test_gpu_scale_without_gpu_is_refused():
+    with pytest.raises(SystemExit, match="needs a CUDA GPU"):
+        main(["bench", "all", "--scale", "gpu"])
+
+
+def test_env_prints_without_probe(capsys):
+    assert main(["env", "--no-probe"]) == 0
+    out = capsys.readouterr().out
+    assert "torch" in out and "hardware" in out
+
+
+def test_machine_benchmark_at_cpu_scale_writes_valid_records(tmp_path, monkeypatch):
+    from mlsys_bench import ceilings as C
+    from mlsys_bench.timing import TimingConfig
+
+    tiny = C.ProbeSizes(copy_bytes=2**20, matmul_n={"fp32": 64, "bf16": 64}, timing=TimingConfig(warmup=0, repeats=2))
+    monkeypatch.setattr(C.ProbeSizes, "for_device", staticmethod(lambda device: tiny))
+    monkeypatch.setattr(machine, "_sizes", lambda ctx: ([2**16, 2**18], [32, 64], ["fp32", "bf16"]))
+    cpu = torch.device("cpu")
+    ctx = BenchContext(
+        project="mlsys-bench",
+        device=cpu,
+        scale="cpu",
+        hardware="cpu-test",
+        results_dir=tmp_path,
+        repo=tmp_path,
+        ceilings=C.probe_ceilings(cpu, tiny),
+        show_progress=False,
+    )
+    machine.bench(ctx)
+    names = sorted(p.name for p in ctx.written)
+    assert names == [
+        "ceilings.json",
+        "copy-sweep.json",
+        "copy-sweep.png",
+        "matmul-sweep.json",
+        "matmul-sweep.png",
+        "roofline.png",
+    ]
+    mm = read_record(tmp_path / "matmul-sweep.json")
+    assert mm.scale == "cpu" and len(mm.rows) == 4 and all(r["TFLOPs"] > 0 for r in mm.rows)
+    assert mm.environment["command"] and mm.ceilings["copy_GBps"] > 0
+    assert machine.headline.__name__ == "headline"
