@@ -39,7 +39,7 @@ def fmt(value: Any, spec: str | None = None) -> str:
     if isinstance(value, bool) or not isinstance(value, int | float):
         return str(value)
     if spec is None:
-        spec = "d" if isinstance(value, int) else ".3g"
+        spec = "d" if isinstance(value, int) else (".0f" if abs(value) >= 1000 else ".3g")
     return format(value, spec)
 
 

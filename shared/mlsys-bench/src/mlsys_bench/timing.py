@@ -18,6 +18,10 @@ import torch
 
 from mlsys_bench.stats import Summary, summarize
 
+# About 25 us and 0.5 s of spinning at a ~2 GHz SM clock: covers the host's launch time per call.
+PRIME_CYCLES_PER_CALL = 50_000
+PRIME_CYCLES_MAX = 1_000_000_000
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class TimingConfig:
@@ -83,6 +87,9 @@ def time_gpu(
     torch.cuda.synchronize(dev)
     starts = [torch.cuda.Event(enable_timing=True) for _ in range(config.repeats)]
     ends = [torch.cuda.Event(enable_timing=True) for _ in range(config.repeats)]
+    # Park the GPU on a spin kernel while the host enqueues every repeat: otherwise a short kernel's
+    # start event fires at once and the interval measures the host's launch latency, not the kernel.
+    torch.cuda._sleep(min(PRIME_CYCLES_PER_CALL * config.repeats, PRIME_CYCLES_MAX))
     for i in range(config.repeats):
         if flush is not None:
             flush.fill_(i)  # a write of 2x L2 evicts whatever the last call left there
