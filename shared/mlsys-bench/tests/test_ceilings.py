@@ -3,6 +3,7 @@ import json
 import pytest
 import torch
 from mlsys_bench import ceilings as C
+from mlsys_bench.environment import hardware_label
 from mlsys_bench.timing import TimingConfig
 
 TINY = C.ProbeSizes(copy_bytes=2**20, matmul_n={"fp32": 64, "bf16": 64}, timing=TimingConfig(warmup=0, repeats=2))
@@ -10,7 +11,7 @@ TINY = C.ProbeSizes(copy_bytes=2**20, matmul_n={"fp32": 64, "bf16": 64}, timing=
 
 def fake(copy=3000.0, fp32=50.0, bf16=750.0):
     return C.Ceilings(
-        hardware="h",
+        hardware=hardware_label(torch.device("cpu")),
         device_name="d",
         torch_version=torch.__version__,
         copy_GBps=copy,

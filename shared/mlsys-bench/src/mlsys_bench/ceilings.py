@@ -147,7 +147,11 @@ def load_or_probe(device: torch.device, *, reprobe: bool = False, directory: Pat
             cached = None  # a corrupt or old-format cache is re-measured, never trusted
         if cached is not None and cached.torch_version == torch.__version__:
             return cached
-    ceilings = probe_ceilings(device)
+    return save_to_cache(probe_ceilings(device), directory)
+
+
+def save_to_cache(ceilings: Ceilings, directory: Path | None = None) -> Ceilings:
+    path = (directory or cache_dir()) / f"ceilings-{ceilings.hardware}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(ceilings.to_dict(), indent=1))
