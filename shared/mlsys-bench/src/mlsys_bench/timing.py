@@ -99,12 +99,7 @@ def time_gpu(
     torch.cuda.synchronize(dev)
     samples = [s.elapsed_time(e) / 1e3 for s, e in zip(starts, ends, strict=True)]
     # end-excerpt
-    return Timing(
-        seconds=summarize(samples),
-        method="cuda-events",
-        config=config,
-        num_rotations=len(rotate) if rotate else 1,
-    )
+    return Timing(seconds=summarize(samples), method="cuda-events", config=config, num_rotations=len(rotate or [0]))
 
 
 def time_cpu(
@@ -123,12 +118,7 @@ def time_cpu(
         t0 = time.perf_counter()
         _call(fn, rotate, i)
         samples.append(time.perf_counter() - t0)
-    return Timing(
-        seconds=summarize(samples),
-        method="perf-counter",
-        config=config,
-        num_rotations=len(rotate) if rotate else 1,
-    )
+    return Timing(seconds=summarize(samples), method="perf-counter", config=config, num_rotations=len(rotate or [0]))
 
 
 def time_fn(
