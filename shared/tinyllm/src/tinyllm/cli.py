@@ -55,8 +55,10 @@ def cmd_train(args) -> int:
     out = args.out or preset_dir(args.preset)
     device = _device(args.device)
     _, _, r = train(preset, out, device, resume=args.resume, progress=not args.no_progress)
-    print(f"{preset.name}: {r.steps} steps, {r.tokens / 1e6:.1f}M tokens in {r.seconds:.0f} s, "
-          f"{r.tokens_per_s:,.0f} tokens/s on {device}")  # fmt: skip
+    print(
+        f"{preset.name}: {r.steps} steps, {r.tokens / 1e6:.1f}M tokens in {r.seconds:.0f} s, "
+        f"{r.tokens_per_s:,.0f} tokens/s on {device}"
+    )
     print(f"validation perplexity {r.val_ppl:.2f} vs unigram baseline {r.unigram_ppl:.1f}")
     print(f"saved to {out}")
     return 0
@@ -75,8 +77,14 @@ def cmd_generate(args) -> int:
     from tinyllm.instrument import trace_shapes
 
     model, tok, _ = _load(args)
-    params = SamplingParams(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
-                            max_new_tokens=args.max_new_tokens, stop_token_ids=(tok.eos_id,) if tok.eos_id is not None else ())  # fmt: skip
+    params = SamplingParams(
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        seed=args.seed,
+        max_new_tokens=args.max_new_tokens,
+        stop_token_ids=(tok.eos_id,) if tok.eos_id is not None else (),
+    )
     ids = tok.encode(args.prompt, bos=tok.bos_id is not None)
     sys.stdout.write(args.prompt)
     emitted: list[int] = []
@@ -119,15 +127,19 @@ def cmd_inspect(args) -> int:
 
     model, tok, device = _load(args)
     cfg = model.cfg
-    print(f"{cfg.n_layers} layers, dim {cfg.dim}, {cfg.n_heads} heads ({cfg.n_kv_heads} KV), head dim {cfg.hd}, "
-          f"{cfg.num_params() / 1e6:.2f}M parameters")  # fmt: skip
+    print(
+        f"{cfg.n_layers} layers, dim {cfg.dim}, {cfg.n_heads} heads ({cfg.n_kv_heads} KV), head dim {cfg.hd}, "
+        f"{cfg.num_params() / 1e6:.2f}M parameters"
+    )
     tokens = torch.randint(0, cfg.vocab_size, (args.batch, args.seq_len + 1), device=device)
     with trace_shapes(model):
         model(tokens[:, :-1])
     dtype_bytes = model.lm_head.weight.element_size()
     per_token = cfg.kv_bytes_per_token(dtype_bytes)
-    print(f"KV cache: {per_token} bytes per token, {per_token * cfg.max_seq_len / 2**20:.2f} MiB per "
-          f"{cfg.max_seq_len}-token sequence")  # fmt: skip
+    print(
+        f"KV cache: {per_token} bytes per token, {per_token * cfg.max_seq_len / 2**20:.2f} MiB per "
+        f"{cfg.max_seq_len}-token sequence"
+    )
     mem = activation_memory_by_layer(model.train(), tokens)
     print(f"activation memory for one training step, batch {args.batch} x {args.seq_len}:")
     for name, nbytes in mem.items():

@@ -61,30 +61,80 @@ def _preset(
     name: str, *, dim: int, n_layers: int, n_heads: int, n_kv_heads: int, ffn_dim: int, train: TrainConfig
 ) -> Preset:
     model = ModelConfig(
-        vocab_size=train.vocab_size, dim=dim, n_layers=n_layers, n_heads=n_heads, n_kv_heads=n_kv_heads,
-        ffn_dim=ffn_dim, max_seq_len=max(1024, train.seq_len), rope_theta=10000.0, norm_eps=1e-5, tie_embeddings=True,
-    )  # fmt: skip
+        vocab_size=train.vocab_size,
+        dim=dim,
+        n_layers=n_layers,
+        n_heads=n_heads,
+        n_kv_heads=n_kv_heads,
+        ffn_dim=ffn_dim,
+        max_seq_len=max(1024, train.seq_len),
+        rope_theta=10000.0,
+        norm_eps=1e-5,
+        tie_embeddings=True,
+    )
     return Preset(name=name, model=model, train=train)
 
 
 PRESETS = {
     "tiny": _preset(
-        "tiny", dim=128, n_layers=4, n_heads=4, n_kv_heads=2, ffn_dim=352,
-        train=TrainConfig(corpus_bytes=3_000_000, tokenizer_bytes=1_500_000, vocab_size=2048, batch_size=16, seq_len=128,
-                          max_steps=1000, max_seconds=90.0, lr=3e-3, warmup_steps=30, eval_every=200, eval_batches=16,
-                          autocast_bf16=False),
+        "tiny",
+        dim=128,
+        n_layers=4,
+        n_heads=4,
+        n_kv_heads=2,
+        ffn_dim=352,
+        train=TrainConfig(
+            corpus_bytes=3_000_000,
+            tokenizer_bytes=1_500_000,
+            vocab_size=2048,
+            batch_size=16,
+            seq_len=128,
+            max_steps=1000,
+            max_seconds=90.0,
+            lr=3e-3,
+            warmup_steps=30,
+            eval_every=200,
+            eval_batches=16,
+            autocast_bf16=False,
+        ),
     ),
     "small": _preset(
-        "small", dim=512, n_layers=8, n_heads=8, n_kv_heads=4, ffn_dim=1408,
-        train=TrainConfig(vocab_size=8192, batch_size=32, seq_len=512, max_steps=1500, lr=1.5e-3, warmup_steps=100,
-                          eval_every=250, compile=True),
+        "small",
+        dim=512,
+        n_layers=8,
+        n_heads=8,
+        n_kv_heads=4,
+        ffn_dim=1408,
+        train=TrainConfig(
+            vocab_size=8192,
+            batch_size=32,
+            seq_len=512,
+            max_steps=1500,
+            lr=1.5e-3,
+            warmup_steps=100,
+            eval_every=250,
+            compile=True,
+        ),
     ),
     "base": _preset(
-        "base", dim=768, n_layers=12, n_heads=12, n_kv_heads=4, ffn_dim=2304,
-        train=TrainConfig(vocab_size=32000, batch_size=32, seq_len=1024, max_steps=600, lr=1e-3, warmup_steps=60,
-                          eval_every=200, compile=True),
+        "base",
+        dim=768,
+        n_layers=12,
+        n_heads=12,
+        n_kv_heads=4,
+        ffn_dim=2304,
+        train=TrainConfig(
+            vocab_size=32000,
+            batch_size=32,
+            seq_len=1024,
+            max_steps=600,
+            lr=1e-3,
+            warmup_steps=60,
+            eval_every=200,
+            compile=True,
+        ),
     ),
-}  # fmt: skip
+}
 
 
 def get_preset(name: str, **train_overrides) -> Preset:

@@ -108,16 +108,27 @@ def train(
         state = torch.load(out_dir / "trainer_state.pt", map_location=device, weights_only=True)
     else:
         tokenizer = Tokenizer.train(_text_chunks(corpus.train[: cfg.tokenizer_bytes]), cfg.vocab_size)
-        model_cfg = replace(preset.model, vocab_size=tokenizer.vocab_size, bos_token_id=tokenizer.bos_id,
-                            eos_token_id=tokenizer.eos_id, pad_token_id=tokenizer.pad_id)  # fmt: skip
+        model_cfg = replace(
+            preset.model,
+            vocab_size=tokenizer.vocab_size,
+            bos_token_id=tokenizer.bos_id,
+            eos_token_id=tokenizer.eos_id,
+            pad_token_id=tokenizer.pad_id,
+        )
         model = Transformer(model_cfg).to(device).train()
     data = TokenData.build(corpus, tokenizer)
     V = model.cfg.vocab_size
-    result = TrainResult(preset=preset.name, device=str(device), num_params=model.cfg.num_params(),
-                         flops_per_token=model.cfg.flops_per_token(cfg.seq_len),
-                         unigram_ppl=unigram_perplexity(data.train, data.val, V))  # fmt: skip
-    log(f"{preset.name}: {result.num_params / 1e6:.2f}M params, {len(data.train) / 1e6:.2f}M train tokens, "
-        f"{len(data.val) / 1e3:.0f}k val tokens, unigram perplexity {result.unigram_ppl:.1f}")  # fmt: skip
+    result = TrainResult(
+        preset=preset.name,
+        device=str(device),
+        num_params=model.cfg.num_params(),
+        flops_per_token=model.cfg.flops_per_token(cfg.seq_len),
+        unigram_ppl=unigram_perplexity(data.train, data.val, V),
+    )
+    log(
+        f"{preset.name}: {result.num_params / 1e6:.2f}M params, {len(data.train) / 1e6:.2f}M train tokens, "
+        f"{len(data.val) / 1e3:.0f}k val tokens, unigram perplexity {result.unigram_ppl:.1f}"
+    )
 
     opt = _optimizer(model, cfg, device)
     start = 0
@@ -135,8 +146,13 @@ def train(
 
     t0 = time.perf_counter()
     t_steady, steady_step = None, None
-    bar = tqdm(range(start, cfg.max_steps), desc=f"train {preset.name}", disable=not progress, initial=start,
-               total=cfg.max_steps)  # fmt: skip
+    bar = tqdm(
+        range(start, cfg.max_steps),
+        desc=f"train {preset.name}",
+        disable=not progress,
+        initial=start,
+        total=cfg.max_steps,
+    )
     step = start
     for step in bar:
         if step - start == WARMUP_STEPS_EXCLUDED:
@@ -185,7 +201,9 @@ def train(
 
 def save_checkpoint(model, tokenizer, opt, result: TrainResult, preset: Preset, out_dir: Path) -> None:
     save_model(model, out_dir, tokenizer)
-    torch.save({"step": result.steps, "optimizer": opt.state_dict(), "train_loss": result.train_loss,
-                "val": result.val}, out_dir / "trainer_state.pt")  # fmt: skip
+    torch.save(
+        {"step": result.steps, "optimizer": opt.state_dict(), "train_loss": result.train_loss, "val": result.val},
+        out_dir / "trainer_state.pt",
+    )
     info = {"preset": preset.name, "train_config": asdict(preset.train), **asdict(result)}
     (out_dir / "training.json").write_text(json.dumps(info, indent=1) + "\n")
