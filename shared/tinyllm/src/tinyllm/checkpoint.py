@@ -93,7 +93,12 @@ def load_tokenizer(directory: Path) -> Tokenizer | None:
         return None
     cfg = read_config(directory)
     eos = cfg.eos_token_id[0] if isinstance(cfg.eos_token_id, list) else cfg.eos_token_id
-    return Tokenizer.load(path, bos_id=cfg.bos_token_id, eos_id=eos, pad_id=cfg.pad_token_id)
+    tok = Tokenizer.load(path, bos_id=cfg.bos_token_id, eos_id=eos, pad_id=cfg.pad_token_id)
+    if tok.vocab_size > cfg.vocab_size:  # its ids would index past the embedding table
+        raise ValueError(
+            f"{directory}: tokenizer has {tok.vocab_size} tokens but the model's vocabulary is {cfg.vocab_size}"
+        )
+    return tok
 
 
 def save_model(model: Transformer, directory: Path, tokenizer: Tokenizer | None = None) -> Path:

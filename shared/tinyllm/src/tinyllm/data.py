@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 
 import torch
@@ -10,15 +11,18 @@ import torch
 from tinyllm.corpus import Corpus
 from tinyllm.tokenizer import Tokenizer
 
-CHUNK_CHARS = 200_000  # tokenize in chunks cut at newlines so the Rust tokenizer can work in parallel
+CHUNK_CHARS = 200_000  # tokenize in chunks so the Rust tokenizer can work on several in parallel
+# Cut only after a newline that a non-space character follows: the byte-level pre-tokenizer glues a
+# newline to the indentation after it, so a cut there would tokenize differently from the whole text.
+SAFE_CUT = re.compile(r"\n(?=\S)")
 
 
 def tokenize(text: str, tokenizer: Tokenizer) -> torch.Tensor:
-    """The whole text as one int64 token stream (chunk boundaries fall on newlines)."""
+    """The whole text as one int64 token stream, identical to tokenizer.encode(text)."""
     chunks, start = [], 0
     while start < len(text):
-        end = text.find("\n", start + CHUNK_CHARS)
-        end = len(text) if end < 0 else end + 1
+        m = SAFE_CUT.search(text, start + CHUNK_CHARS)
+        end = len(text) if m is None else m.end()
         chunks.append(text[start:end])
         start = end
     ids = [t for chunk_ids in tokenizer.encode_batch(chunks) for t in chunk_ids]
