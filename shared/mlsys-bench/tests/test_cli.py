@@ -28,6 +28,7 @@ def test_machine_benchmark_at_cpu_scale_writes_valid_records(tmp_path, monkeypat
     from mlsys_bench.timing import TimingConfig
 
     tiny = C.ProbeSizes(copy_bytes=2**20, matmul_n={"fp32": 64, "bf16": 64}, timing=TimingConfig(warmup=0, repeats=2))
+    monkeypatch.setenv("MLSYS_CACHE_DIR", str(tmp_path / "cache"))  # the tiny probe must not replace the real cache
     monkeypatch.setattr(C.ProbeSizes, "for_device", staticmethod(lambda device: tiny))
     monkeypatch.setattr(machine, "_sizes", lambda ctx: ([2**16, 2**18], [32, 64], ["fp32", "bf16"]))
     cpu = torch.device("cpu")

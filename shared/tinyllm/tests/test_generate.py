@@ -42,8 +42,12 @@ def test_bad_params(kw):
 def test_generate_streams_and_stops(small_model):
     prompt = [[5, 6, 7, 8]]
     streamed = []
-    g = generate(small_model, prompt, SamplingParams(temperature=0.0, max_new_tokens=10),
-                 on_token=lambda i, t: streamed.append(t))  # fmt: skip
+    g = generate(
+        small_model,
+        prompt,
+        SamplingParams(temperature=0.0, max_new_tokens=10),
+        on_token=lambda i, t: streamed.append(t),
+    )
     assert g.tokens[0] == streamed and len(streamed) == 10 and g.finish_reasons == ["length"]
     stop = streamed[3]
     g2 = generate(small_model, prompt, SamplingParams(temperature=0.0, max_new_tokens=10, stop_token_ids=(stop,)))

@@ -16,15 +16,27 @@ CASES = {
     "llama3-rope": dict(
         num_attention_heads=4,
         num_key_value_heads=2,
-        rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-                      "original_max_position_embeddings": 32},
+        rope_scaling={
+            "rope_type": "llama3",
+            "factor": 8.0,
+            "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 32,
+        },
     ),
-}  # fmt: skip
+}
 
 
 def hf_model(randomize, **kw) -> LlamaForCausalLM:
-    cfg = LlamaConfig(vocab_size=211, hidden_size=64, intermediate_size=144, num_hidden_layers=3,
-                      max_position_embeddings=128, rms_norm_eps=1e-5, **kw)  # fmt: skip
+    cfg = LlamaConfig(
+        vocab_size=211,
+        hidden_size=64,
+        intermediate_size=144,
+        num_hidden_layers=3,
+        max_position_embeddings=128,
+        rms_norm_eps=1e-5,
+        **kw,
+    )
     torch.manual_seed(1)
     return randomize(LlamaForCausalLM(cfg), seed=1).eval()
 

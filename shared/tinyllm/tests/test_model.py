@@ -106,9 +106,12 @@ def test_errors(small_model):
 
 @pytest.mark.parametrize(
     "kw, msg",
-    [(dict(n_heads=4, n_kv_heads=3), "multiple of n_kv_heads"), (dict(dim=30, n_heads=4, n_kv_heads=2), "divisible"),
-     (dict(n_layers=0), "n_layers must be >= 1")],
-)  # fmt: skip
+    [
+        (dict(n_heads=4, n_kv_heads=3), "multiple of n_kv_heads"),
+        (dict(dim=30, n_heads=4, n_kv_heads=2), "divisible"),
+        (dict(n_layers=0), "n_layers must be >= 1"),
+    ],
+)
 def test_config_validation(kw, msg):
     base = dict(vocab_size=10, dim=32, n_layers=1, n_heads=4, n_kv_heads=2, ffn_dim=8)
     with pytest.raises(ValueError, match=msg):

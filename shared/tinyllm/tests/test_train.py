@@ -6,8 +6,18 @@ import torch
 from tinyllm.presets import PRESETS, get_preset
 from tinyllm.train import lr_at, train
 
-QUICK = dict(corpus_bytes=150_000, tokenizer_bytes=80_000, vocab_size=384, batch_size=8, seq_len=64,
-             warmup_steps=5, eval_every=20, eval_batches=2, max_seconds=None, lr=3e-3)  # fmt: skip
+QUICK = dict(
+    corpus_bytes=150_000,
+    tokenizer_bytes=80_000,
+    vocab_size=384,
+    batch_size=8,
+    seq_len=64,
+    warmup_steps=5,
+    eval_every=20,
+    eval_batches=2,
+    max_seconds=None,
+    lr=3e-3,
+)
 
 
 def test_short_run_learns_and_saves(tmp_path):
@@ -24,12 +34,14 @@ def test_short_run_learns_and_saves(tmp_path):
 
 def test_resume_continues_exactly(tmp_path):
     log = lambda s: None  # noqa: E731
-    straight, _, r_straight = train(get_preset("tiny", max_steps=12, **QUICK), None, torch.device("cpu"),
-                                    progress=False, log=log)  # fmt: skip
+    straight, _, r_straight = train(
+        get_preset("tiny", max_steps=12, **QUICK), None, torch.device("cpu"), progress=False, log=log
+    )
     train(get_preset("tiny", max_steps=6, **QUICK), tmp_path, torch.device("cpu"), progress=False, log=log)
     # the schedule must be the 12-step one for the comparison to hold: resume with the longer config
-    resumed, _, r_resumed = train(get_preset("tiny", max_steps=12, **QUICK), tmp_path, torch.device("cpu"),
-                                  resume=True, progress=False, log=log)  # fmt: skip
+    resumed, _, r_resumed = train(
+        get_preset("tiny", max_steps=12, **QUICK), tmp_path, torch.device("cpu"), resume=True, progress=False, log=log
+    )
     assert r_resumed.steps == 12
     for (n, a), (_, b) in zip(straight.state_dict().items(), resumed.state_dict().items(), strict=True):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4, msg=f"{n} differs after resume")

@@ -80,3 +80,29 @@ def activation_memory_by_layer(model: Transformer, tokens: torch.Tensor, autocas
             h.remove()
     del loss, logits
     return dict(usage)
+
+
+def time_prefill_decode(model: Transformer, batch: int, prompt_len: int, timing) -> tuple[float, float]:
+    """Median seconds for one prefill of (batch, prompt_len) tokens and for one decode step right after
+    it. The cache is rewound before every call, so each repeat does exactly the same work."""
+    from mlsys_bench.timing import time_fn
+
+    device = model.lm_head.weight.device
+    g = torch.Generator(device="cpu").manual_seed(0)
+    prompt = torch.randint(0, model.cfg.vocab_size, (batch, prompt_len), generator=g).to(device)
+    cache = model.new_cache(batch, prompt_len + 1)
+
+    def prefill():
+        cache.reset()
+        return model.prefill(prompt, cache)
+
+    next_tokens = prefill().argmax(-1)
+    t_prefill = time_fn(prefill, device=device, config=timing).median
+    prefill()
+
+    def decode():
+        cache.length = prompt_len  # rewind: every repeat appends at the same position
+        return model.decode(next_tokens, cache)
+
+    t_decode = time_fn(decode, device=device, config=timing).median
+    return t_prefill, t_decode
