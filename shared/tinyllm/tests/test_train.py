@@ -72,6 +72,6 @@ def test_preset_sizes():
 
 @pytest.mark.gpu
 def test_gpu_training_step_runs_in_bf16(tmp_path):
-    preset = get_preset("tiny", max_steps=30, compile=False, autocast_bf16=True, **QUICK)
+    preset = get_preset("tiny", max_steps=60, compile=False, autocast_bf16=True, **QUICK)
     _, _, r = train(preset, None, torch.device("cuda"), progress=False, log=lambda s: None)
     assert r.train_loss[-1][1] < r.train_loss[0][1] - 1.0 and r.peak_memory_bytes > 0

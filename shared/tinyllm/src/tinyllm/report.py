@@ -40,7 +40,7 @@ def _train_presets(ctx: BenchContext):
         preset = get_preset(name) if ctx.scale == "gpu" else get_preset(name, **CPU_SMOKE)
         model, tok, r = train(preset, None, ctx.device, progress=ctx.show_progress, log=print)
         val = tokenize(load_corpus(preset.train.corpus, max_bytes=preset.train.corpus_bytes).val, tok)[:EVAL_TOKENS]
-        window = min(1024, model.cfg.max_seq_len)
+        window = preset.train.seq_len  # the context it was trained on: RoPE does not extrapolate past it
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=ctx.device.type == "cuda"):
             sliding = perplexity(model, val, window=window, stride=window // 2)
         achieved = r.flops_per_token * r.tokens_per_s / 1e12
@@ -89,7 +89,7 @@ def _record_training(ctx: BenchContext, rows, curves, peak) -> None:
             metric("TFLOPs", "TFLOP/s", "flops_per_token x tokens/s (6N + attention, PaLM appendix B)"),
             metric("mfu", "fraction", "achieved TFLOP/s over the measured library matmul ceiling"),
             metric("val_ppl", "perplexity", "fixed validation windows of seq_len"),
-            metric("sliding_ppl", "perplexity", f"sliding window over the first {EVAL_TOKENS} validation tokens"),
+            metric("sliding_ppl", "perplexity", f"window seq_len, stride seq_len/2, first {EVAL_TOKENS} validation tokens"),
             metric("unigram_ppl", "perplexity", "train-set token frequencies, add-one smoothed"),
             metric("peak_GiB", "GiB", "torch.cuda.max_memory_allocated during training"),
         ],
