@@ -89,7 +89,7 @@ def _record_training(ctx: BenchContext, rows, curves, peak) -> None:
             metric("TFLOPs", "TFLOP/s", "flops_per_token x tokens/s (6N + attention, PaLM appendix B)"),
             metric("mfu", "fraction", "achieved TFLOP/s over the measured library matmul ceiling"),
             metric("val_ppl", "perplexity", "fixed validation windows of seq_len"),
-            metric("sliding_ppl", "perplexity", f"window seq_len, stride seq_len/2, first {EVAL_TOKENS} validation tokens"),
+            metric("sliding_ppl", "perplexity", f"window seq_len, stride half, first {EVAL_TOKENS} val tokens"),
             metric("unigram_ppl", "perplexity", "train-set token frequencies, add-one smoothed"),
             metric("peak_GiB", "GiB", "torch.cuda.max_memory_allocated during training"),
         ],
