@@ -123,6 +123,7 @@ class Attention(nn.Module):
         attention_fn: AttentionFn,
         cache: KVCache | None,
     ) -> torch.Tensor:
+        # excerpt: attention-forward
         B, T, _ = x.shape
         q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, D)
         k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, K, T, D)
@@ -132,6 +133,7 @@ class Attention(nn.Module):
             k, v = cache.update(self.layer, k, v)  # (B, K, S, D): every position so far
         y = attention_fn(q, k, v, causal=True, scale=self.head_dim**-0.5)  # (B, H, T, D)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim))
+        # end-excerpt
 
 
 class MLP(nn.Module):

@@ -171,9 +171,16 @@ def _record_memory(ctx: BenchContext, model, name: str) -> None:
     gpu = ctx.scale == "gpu"
     cfg, elt = model.cfg, model.lm_head.weight.element_size()
     cache = model.new_cache(1, cfg.max_seq_len)
-    B, T = (4, 1024) if gpu else (2, 64)
-    tokens = torch.randint(0, cfg.vocab_size, (B, T + 1), device=ctx.device)
-    acts = activation_memory_by_layer(model.float().train(), tokens, autocast_bf16=gpu)  # training keeps fp32 weights
+    T = 1024 if gpu else 64
+    train_model = model.float().train()  # training keeps fp32 master weights and autocasts to bf16 on the GPU
+    by_batch = {}
+    for B in (2, 4):
+        tokens = torch.randint(0, cfg.vocab_size, (B, T + 1), device=ctx.device)
+        by_batch[B] = activation_memory_by_layer(train_model, tokens, autocast_bf16=gpu)
+    acts = by_batch[4]
+    # two batch sizes separate what grows with tokens (activations) from what does not (bf16 weight copies)
+    per_token = (by_batch[4]["layers.1"] - by_batch[2]["layers.1"]) / (2 * T)
+    fixed = by_batch[2]["layers.1"] - 2 * T * per_token
     model.eval()
     rows = [
         {"quantity": "weights", "formula_bytes": cfg.num_params() * elt, "measured_bytes": cfg.num_params() * elt},
@@ -190,8 +197,9 @@ def _record_memory(ctx: BenchContext, model, name: str) -> None:
         {
             "quantity": "activations_per_layer_per_token",
             "formula_bytes": None,
-            "measured_bytes": acts["layers.1"] / (B * T),
+            "measured_bytes": per_token,
         },
+        {"quantity": "per_layer_fixed_bytes", "formula_bytes": None, "measured_bytes": fixed},
         {"quantity": f"activations_total_B{B}_T{T}", "formula_bytes": None, "measured_bytes": sum(acts.values())},
     ]
     rows[0]["measured_bytes"] = sum(p.nbytes for p in model.to(cache.k.dtype).parameters())
@@ -203,6 +211,9 @@ def _record_memory(ctx: BenchContext, model, name: str) -> None:
             "preset": name,
             "dtype": str(cache.k.dtype),
             "activation_batch": [B, T],
+            "n_layers": cfg.n_layers,
+            "n_heads": cfg.n_heads,
+            "n_kv_heads": cfg.n_kv_heads,
             "activations_by_layer": acts,
             "autocast": gpu,
         },
