@@ -3,6 +3,7 @@
 // access touches 32 different cache lines. This is the baseline everything else is measured from.
 #include "common.cuh"
 
+// excerpt: naive
 __global__ void sgemm_naive_kernel(SGEMM_ARGS) {
   const int row = blockIdx.x * blockDim.x + threadIdx.x;
   const int col = blockIdx.y * blockDim.y + threadIdx.y;
@@ -12,6 +13,7 @@ __global__ void sgemm_naive_kernel(SGEMM_ARGS) {
     epilogue(&C[row * N + col], acc, alpha, beta);
   }
 }
+// end-excerpt
 
 void sgemm_01_naive(SGEMM_ARGS, cudaStream_t stream) {
   dim3 block(32, 32), grid(ceil_div(M, 32), ceil_div(N, 32));

@@ -11,6 +11,7 @@ __global__ void sgemm_smem_kernel(SGEMM_ARGS) {
   const int tr = threadIdx.x / BS, tc = threadIdx.x % BS;
   const int row = blockIdx.y * BS + tr, col = blockIdx.x * BS + tc;
   float acc = 0.0f;
+  // excerpt: tile-loop
   for (int k0 = 0; k0 < K; k0 += BS) {
     As[tr][tc] = (row < M && k0 + tc < K) ? A[row * K + k0 + tc] : 0.0f;
     Bs[tr][tc] = (k0 + tr < K && col < N) ? B[(k0 + tr) * N + col] : 0.0f;
@@ -18,6 +19,7 @@ __global__ void sgemm_smem_kernel(SGEMM_ARGS) {
     for (int k = 0; k < BS; ++k) acc += As[tr][k] * Bs[k][tc];
     __syncthreads();
   }
+  // end-excerpt
   if (row < M && col < N) epilogue(&C[row * N + col], acc, alpha, beta);
 }
 

@@ -23,6 +23,7 @@ __global__ void __launch_bounds__(THREADS) sgemm_blocktile_2d_kernel(SGEMM_ARGS)
       Bs[r][c] = (k0 + r < K && col0 + c < N) ? B[(k0 + r) * N + col0 + c] : 0.0f;
     }
     __syncthreads();
+    // excerpt: outer-product
 #pragma unroll
     for (int k = 0; k < BK; ++k) {
 #pragma unroll
@@ -34,6 +35,7 @@ __global__ void __launch_bounds__(THREADS) sgemm_blocktile_2d_kernel(SGEMM_ARGS)
 #pragma unroll
         for (int j = 0; j < TN; ++j) acc[i][j] += regM[i] * regN[j];
     }
+  // end-excerpt
     __syncthreads();
   }
 #pragma unroll

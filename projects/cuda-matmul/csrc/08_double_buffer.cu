@@ -40,6 +40,7 @@ __global__ void __launch_bounds__(THREADS) sgemm_double_buffer_kernel(SGEMM_ARGS
   __shared__ alignas(16) float Bs[2][BK][BN];
   const Thread t(threadIdx.x);
   float acc[WMITER * TM * WNITER * TN] = {0.0f};
+  // excerpt: pipeline
   const int tiles = ceil_div(K, BK);
   load_tile<VEC>(M, N, K, alpha, A, B, beta, C, 0, As[0], Bs[0]);
   cp_async_commit();
@@ -55,6 +56,7 @@ __global__ void __launch_bounds__(THREADS) sgemm_double_buffer_kernel(SGEMM_ARGS
     mma_tile(As[i % 2], Bs[i % 2], t, acc);
     __syncthreads();  // stage i%2 is refilled by the next iteration's load
   }
+  // end-excerpt
   store(M, N, K, alpha, A, B, beta, C, t, acc);
 }
 

@@ -272,4 +272,5 @@ PROJECT = Project(
     bench=bench,
     headline=headline,
     publish=("h100-80gb-hbm3",),
+    template_globals={"rungs": RUNGS},
 )

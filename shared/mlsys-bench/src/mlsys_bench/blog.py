@@ -7,7 +7,8 @@ Templates are Jinja2, owned by each project in <project>/templates/: `results.md
 section) and `post.md` (the blog post). Their context:
 
     project, results (ResultSet), table(record, columns, formats), fmt(x, spec), pct(x),
-    excerpt(path relative to the project, name), figure(record, name, alt), env_line(record)
+    excerpt(path relative to the project, name), figure(record, name, alt), env_line(record),
+    and whatever the project adds in Project.template_globals
 """
 
 from __future__ import annotations
@@ -63,6 +64,7 @@ def _render(project: Project, template: str, results: ResultSet, out_dir: Path) 
         excerpt=lambda path, name: excerpt(project.root / path, name),
         figure=figure,
         env_line=lambda record: describe(record.environment),
+        **project.template_globals,
     )
     try:
         return env.get_template(template).render()

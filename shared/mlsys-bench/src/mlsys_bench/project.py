@@ -97,6 +97,7 @@ class Project:
     bench: Callable[[BenchContext], None]
     headline: Callable[[ResultSet], list[str]]  # short strings, e.g. "copy 3.0 TB/s"; [] if nothing measured
     publish: tuple[str, ...]  # hardware labels whose results the README and post show, in order of preference
+    template_globals: dict[str, Any] = field(default_factory=dict)  # extra names the templates may use
 
     def __post_init__(self) -> None:
         if not self.name or "/" in self.name:
