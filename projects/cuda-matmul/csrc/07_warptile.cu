@@ -3,16 +3,17 @@
 // (broadcasts where they share a row, no bank conflicts). BK = 16 halves the barriers per FMA.
 #include "warptile.cuh"
 
-using namespace warptile;
+using W = WarpTile<128, 128, 16, 64, 64, 4, 8, 4>;
+constexpr int BM = W::BM, BN = W::BN, BK = W::BK, THREADS = W::THREADS;
 
 template <bool VEC>
 __global__ void __launch_bounds__(THREADS) sgemm_warptile_kernel(SGEMM_ARGS) {
   __shared__ alignas(16) float As[BK][BM];  // transposed
   __shared__ alignas(16) float Bs[BK][BN];
   const int tid = threadIdx.x;
-  const Thread t(tid);
+  const W::Thread t(tid);
   const int row0 = blockIdx.y * BM, col0 = blockIdx.x * BN;
-  float acc[WMITER * TM * WNITER * TN] = {0.0f};
+  float acc[W::ACC] = {0.0f};
   for (int k0 = 0; k0 < K; k0 += BK) {
 #pragma unroll
     for (int f = tid; f < BM * BK / 4; f += THREADS) {  // float4 chunks of A: 4 per thread
@@ -44,10 +45,10 @@ __global__ void __launch_bounds__(THREADS) sgemm_warptile_kernel(SGEMM_ARGS) {
       *reinterpret_cast<float4 *>(&Bs[r][c]) = b;
     }
     __syncthreads();
-    mma_tile(As, Bs, t, acc);
+    W::mma_tile(As, Bs, t, acc);
     __syncthreads();
   }
-  store(M, N, K, alpha, A, B, beta, C, t, acc);
+  W::store(M, N, K, alpha, A, B, beta, C, t, acc);
 }
 
 void sgemm_07_warptile(SGEMM_ARGS, cudaStream_t stream) {

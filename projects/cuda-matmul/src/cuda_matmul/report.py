@@ -137,6 +137,32 @@ def bench_gpu(ctx: BenchContext) -> None:
     _figures(ctx, ladder)
     _resources(ctx)
     _ncu(ctx)
+    _tuning(ctx)
+
+
+def _tuning(ctx: BenchContext) -> None:
+    from cuda_matmul.tune import NAMES, sweep
+
+    rows = sweep(PROFILE_N)
+    if not rows:
+        print("nvcc not found: no tuning sweep")
+        return
+    ctx.record(
+        benchmark="tuning",
+        columns=[
+            *(param(n) for n in NAMES),
+            param("threads"),
+            param("smem_bytes", "bytes"),
+            metric("TFLOPs", "TFLOP/s"),
+            metric("median_ms", "ms"),
+            metric("rel_err", "", "vs a reference kernel"),
+        ],
+        rows=[{k: r.get(k) for k in (*NAMES, "threads", "smem_bytes", "TFLOPs", "median_ms", "rel_err")} for r in rows],
+        config={"n": PROFILE_N, "probe": "csrc/tune/tune_main.cu", "repeats": 20, "warmup": 3},
+        timing=TimingConfig(warmup=3, repeats=20, flush_l2=True),
+        method="cuda-events",
+        notes="Each configuration of rung 8's kernel compiled alone and timed at n^3; rung 8 uses the fastest.",
+    )
 
 
 def _figures(ctx: BenchContext, ladder) -> None:

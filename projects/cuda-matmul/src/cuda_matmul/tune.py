@@ -1,0 +1,73 @@
+"""The tuning sweep behind rung 8: compile one standalone probe per warp-tile shape and pipeline depth,
+check and time each at n^3, and report them all. The winner is what 08_double_buffer.cu instantiates.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from cuda_matmul.build import CSRC, default_arch
+
+# (BM, BN, BK, WM, WN, WNITER, TM, TN, STAGES)
+CONFIGS = [
+    (128, 128, 16, 64, 64, 4, 8, 4, 2),
+    (128, 128, 16, 64, 64, 4, 8, 4, 3),
+    (128, 128, 8, 64, 64, 4, 8, 4, 3),
+    (256, 128, 8, 64, 64, 4, 8, 4, 2),
+    (256, 128, 8, 64, 64, 4, 8, 4, 3),
+    (128, 256, 8, 64, 64, 4, 8, 4, 3),
+    (128, 128, 16, 32, 64, 2, 8, 4, 2),
+    (128, 128, 16, 64, 32, 2, 8, 4, 3),
+    (256, 128, 16, 64, 64, 4, 8, 4, 2),
+    (128, 128, 16, 64, 64, 2, 8, 8, 2),
+]
+NAMES = ("BM", "BN", "BK", "WM", "WN", "WNITER", "TM", "TN", "STAGES")
+
+
+def _compile(cfg: tuple, workdir: Path, nvcc: str) -> Path:
+    exe = workdir / ("probe_" + "_".join(map(str, cfg)))
+    defines = [f"-DT{n}={v}" for n, v in zip(NAMES, cfg, strict=True)]
+    arch = default_arch().replace(".", "")
+    subprocess.run(
+        [
+            nvcc,
+            "-O3",
+            "-std=c++17",
+            f"-gencode=arch=compute_{arch},code=sm_{arch}",
+            *defines,
+            str(CSRC / "tune" / "tune_main.cu"),
+            "-o",
+            str(exe),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return exe
+
+
+def sweep(n: int = 4096, nvcc: str | None = None) -> list[dict]:
+    nvcc = nvcc or shutil.which("nvcc")
+    if nvcc is None:
+        return []
+    with tempfile.TemporaryDirectory() as tmp, ThreadPoolExecutor(8) as pool:
+        exes = list(pool.map(lambda c: _compile(c, Path(tmp), nvcc), CONFIGS))
+        rows = []
+        for cfg, exe in zip(CONFIGS, exes, strict=True):  # run one at a time: they share the GPU
+            out = subprocess.run([str(exe), str(n)], capture_output=True, text=True, timeout=120)
+            result = json.loads(out.stdout.strip().splitlines()[-1])
+            if "error" in result:
+                raise RuntimeError(f"tuning probe {cfg} failed: {result['error']}")
+            result["TFLOPs"] = result.pop("tflops")
+            rows.append({**dict(zip(NAMES, cfg, strict=True)), **result})
+    return rows
+
+
+if __name__ == "__main__":
+    for row in sweep():
+        print(json.dumps(row))
