@@ -71,3 +71,13 @@ def test_resource_report_parses_ptxas():
     assert usage["03_smem_tiling"]["smem_bytes"] == 2 * 32 * 32 * 4
     assert all(u["spill_stores"] == 0 for u in usage.values()), "a rung spills registers to local memory"
     assert re.match(r"\d\.\d", build.default_arch())
+
+
+def test_rung8_compiles_the_tuned_configuration():
+    from cuda_matmul.tune import CONFIGS, TUNED
+
+    src = (build.CSRC / "08_double_buffer.cu").read_text()
+    shape = re.search(r"using Tuned = WarpTile<([\d, ]+)>;", src).group(1)
+    stages = int(re.search(r"TUNED_STAGES = (\d+);", src).group(1))
+    assert (*map(int, shape.split(",")), stages) == TUNED
+    assert TUNED in CONFIGS

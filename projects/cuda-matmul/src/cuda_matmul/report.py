@@ -15,6 +15,7 @@ from mlsys_bench.timing import TimingConfig, time_gpu
 from cuda_matmul.build import default_arch
 from cuda_matmul.ladder import RUNGS, Rung
 from cuda_matmul.profile import ncu_summary, resource_usage
+from cuda_matmul.tune import NAMES, TUNED
 
 SQUARE = [256, 512, 1024, 2048, 4096, 8192]
 # (label, M tokens, N out features, K in features): a Llama-7B layer over 8192 tokens
@@ -141,7 +142,7 @@ def bench_gpu(ctx: BenchContext) -> None:
 
 
 def _tuning(ctx: BenchContext) -> None:
-    from cuda_matmul.tune import NAMES, sweep
+    from cuda_matmul.tune import sweep
 
     rows = sweep(PROFILE_N)
     if not rows:
@@ -298,5 +299,5 @@ PROJECT = Project(
     bench=bench,
     headline=headline,
     publish=("h100-80gb-hbm3",),
-    template_globals={"rungs": RUNGS},
+    template_globals={"rungs": RUNGS, "tuned": dict(zip(NAMES, TUNED, strict=True))},
 )
