@@ -7,6 +7,8 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 
+#include <type_traits>
+
 #include "gelu_ops.h"
 
 namespace custom_gelu {
@@ -31,29 +33,45 @@ int num_sms() {
 
 int64_t grid_for(int64_t work_items) {
   // enough resident blocks to fill every SM several times over; the loop strides over the rest
-  return std::max<int64_t>(1, std::min<int64_t>((work_items + THREADS - 1) / THREADS, int64_t(num_sms()) * 16));
+  return std::max<int64_t>(1, std::min<int64_t>((work_items + THREADS - 1) / THREADS, int64_t(num_sms()) * 8));
 }
 
 bool aligned16(const void *p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
 
+template <typename T>
+using math_t = std::conditional_t<std::is_same_v<T, double>, double, float>;  // fp32 registers unless fp64
+
 // excerpt: forward-kernel
+// Each iteration a thread issues UNROLL independent 16-byte loads before any math, so enough bytes are
+// in flight per SM to cover HBM latency; one resident wave of blocks strides over the rest.
 template <Approx A, typename T, bool BIAS, bool VEC>
 __global__ void __launch_bounds__(THREADS) fwd_kernel(const T *__restrict__ x, const T *__restrict__ b,
                                                       T *__restrict__ y, int64_t n, int64_t cols) {
-  constexpr int V = VEC ? Pack<T>::N : 1;
-  const int64_t stride = int64_t(gridDim.x) * blockDim.x * V;
-  for (int64_t i = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) * V; i < n; i += stride) {
-    if (VEC && i + V <= n) {
-      const Pack<T> px = *reinterpret_cast<const Pack<T> *>(x + i);
-      Pack<T> pb, py;
-      if constexpr (BIAS) pb = *reinterpret_cast<const Pack<T> *>(b + i % cols);  // cols % V == 0: one row
+  using M = math_t<T>;
+  constexpr int V = VEC ? Pack<T>::N : 1, UNROLL = VEC ? 2 : 1;
+  const int64_t stride = int64_t(gridDim.x) * blockDim.x * V * UNROLL;
+  for (int64_t i0 = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) * V; i0 < n; i0 += stride) {
+    if (VEC && i0 + (UNROLL - 1) * int64_t(gridDim.x) * blockDim.x * V + V <= n) {
+      Pack<T> px[UNROLL], pb[UNROLL], py[UNROLL];
 #pragma unroll
-      for (int e = 0; e < V; ++e)
-        py.v[e] = T(gelu_value<A, float>(float(px.v[e]) + (BIAS ? float(pb.v[e]) : 0.0f)));
-      *reinterpret_cast<Pack<T> *>(y + i) = py;
+      for (int u = 0; u < UNROLL; ++u) {
+        const int64_t i = i0 + u * int64_t(gridDim.x) * blockDim.x * V;  // coalesced across the grid
+        px[u] = *reinterpret_cast<const Pack<T> *>(x + i);
+        if constexpr (BIAS) pb[u] = *reinterpret_cast<const Pack<T> *>(b + i % cols);  // cols % V == 0
+      }
+#pragma unroll
+      for (int u = 0; u < UNROLL; ++u) {
+#pragma unroll
+        for (int e = 0; e < V; ++e)
+          py[u].v[e] = T(gelu_value<A, M>(M(px[u].v[e]) + (BIAS ? M(pb[u].v[e]) : M(0))));
+        *reinterpret_cast<Pack<T> *>(y + i0 + u * int64_t(gridDim.x) * blockDim.x * V) = py[u];
+      }
     } else {
-      for (int64_t j = i; j < n && j < i + V; ++j)
-        y[j] = T(gelu_value<A, float>(float(x[j]) + (BIAS ? float(b[j % cols]) : 0.0f)));
+      for (int u = 0; u < UNROLL; ++u) {
+        const int64_t i = i0 + u * int64_t(gridDim.x) * blockDim.x * V;
+        for (int64_t j = i; j < n && j < i + V; ++j)
+          y[j] = T(gelu_value<A, M>(M(x[j]) + (BIAS ? M(b[j % cols]) : M(0))));
+      }
     }
   }
 }
@@ -62,18 +80,27 @@ __global__ void __launch_bounds__(THREADS) fwd_kernel(const T *__restrict__ x, c
 template <Approx A, typename T, bool VEC>
 __global__ void __launch_bounds__(THREADS) bwd_kernel(const T *__restrict__ g, const T *__restrict__ x,
                                                       T *__restrict__ dx, int64_t n) {
-  constexpr int V = VEC ? Pack<T>::N : 1;
-  const int64_t stride = int64_t(gridDim.x) * blockDim.x * V;
-  for (int64_t i = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) * V; i < n; i += stride) {
-    if (VEC && i + V <= n) {
-      const Pack<T> pg = *reinterpret_cast<const Pack<T> *>(g + i);
-      const Pack<T> px = *reinterpret_cast<const Pack<T> *>(x + i);
-      Pack<T> pd;
+  using M = math_t<T>;
+  constexpr int V = VEC ? Pack<T>::N : 1, UNROLL = VEC ? 2 : 1;
+  const int64_t step = int64_t(gridDim.x) * blockDim.x * V, stride = step * UNROLL;
+  for (int64_t i0 = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) * V; i0 < n; i0 += stride) {
+    if (VEC && i0 + (UNROLL - 1) * step + V <= n) {
+      Pack<T> pg[UNROLL], px[UNROLL], pd[UNROLL];
 #pragma unroll
-      for (int e = 0; e < V; ++e) pd.v[e] = T(float(pg.v[e]) * gelu_grad<A, float>(float(px.v[e])));
-      *reinterpret_cast<Pack<T> *>(dx + i) = pd;
+      for (int u = 0; u < UNROLL; ++u) {
+        pg[u] = *reinterpret_cast<const Pack<T> *>(g + i0 + u * step);
+        px[u] = *reinterpret_cast<const Pack<T> *>(x + i0 + u * step);
+      }
+#pragma unroll
+      for (int u = 0; u < UNROLL; ++u) {
+#pragma unroll
+        for (int e = 0; e < V; ++e) pd[u].v[e] = T(M(pg[u].v[e]) * gelu_grad<A, M>(M(px[u].v[e])));
+        *reinterpret_cast<Pack<T> *>(dx + i0 + u * step) = pd[u];
+      }
     } else {
-      for (int64_t j = i; j < n && j < i + V; ++j) dx[j] = T(float(g[j]) * gelu_grad<A, float>(float(x[j])));
+      for (int u = 0; u < UNROLL; ++u)
+        for (int64_t j = i0 + u * step; j < n && j < i0 + u * step + V; ++j)
+          dx[j] = T(M(g[j]) * gelu_grad<A, M>(M(x[j])));
     }
   }
 }
@@ -85,14 +112,15 @@ __global__ void __launch_bounds__(THREADS) bwd_kernel(const T *__restrict__ g, c
 template <Approx A, typename T, bool VEC>
 __global__ void __launch_bounds__(THREADS) bias_bwd_kernel(const T *__restrict__ g, const T *__restrict__ x,
                                                            const T *__restrict__ b, T *__restrict__ dx,
-                                                           float *__restrict__ partial, int64_t rows, int64_t cols,
+                                                           math_t<T> *__restrict__ partial, int64_t rows, int64_t cols,
                                                            int64_t rows_per_block) {
+  using M = math_t<T>;
   constexpr int V = VEC ? Pack<T>::N : 1;
   const int64_t c0 = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) * V;
   if (c0 >= cols) return;
-  float bias[V], acc[V];
+  M bias[V], acc[V];
 #pragma unroll
-  for (int e = 0; e < V; ++e) bias[e] = float(b[c0 + e]), acc[e] = 0.0f;
+  for (int e = 0; e < V; ++e) bias[e] = M(b[c0 + e]), acc[e] = M(0);
   const int64_t r_end = std::min<int64_t>(rows, (blockIdx.y + 1) * rows_per_block);
   for (int64_t r = blockIdx.y * rows_per_block; r < r_end; ++r) {
     const int64_t i = r * cols + c0;
@@ -105,8 +133,8 @@ __global__ void __launch_bounds__(THREADS) bias_bwd_kernel(const T *__restrict__
     }
 #pragma unroll
     for (int e = 0; e < V; ++e) {
-      pd.v[e] = T(float(pg.v[e]) * gelu_grad<A, float>(float(px.v[e]) + bias[e]));
-      acc[e] += float(pd.v[e]);  // sum what is stored, so db is exactly the column sum of dx
+      pd.v[e] = T(M(pg.v[e]) * gelu_grad<A, M>(M(px.v[e]) + bias[e]));
+      acc[e] += M(pd.v[e]);  // sum what is stored, so db is exactly the column sum of dx
     }
     if constexpr (VEC)
       *reinterpret_cast<Pack<T> *>(dx + i) = pd;
@@ -119,10 +147,11 @@ __global__ void __launch_bounds__(THREADS) bias_bwd_kernel(const T *__restrict__
 // end-excerpt
 
 template <typename T>
-__global__ void column_sum_kernel(const float *__restrict__ partial, T *__restrict__ db, int64_t parts, int64_t cols) {
+__global__ void column_sum_kernel(const math_t<T> *__restrict__ partial, T *__restrict__ db, int64_t parts,
+                                  int64_t cols) {
   const int64_t c = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (c >= cols) return;
-  float s = 0.0f;
+  math_t<T> s = 0;
   for (int64_t p = 0; p < parts; ++p) s += partial[p * cols + c];
   db[c] = T(s);
 }
@@ -215,10 +244,10 @@ std::tuple<at::Tensor, at::Tensor> bias_gelu_bwd_cuda(const at::Tensor &grad_in,
     int64_t gy = std::min<int64_t>(rows, std::max<int64_t>(1, int64_t(num_sms()) * 8 / gx));
     const int64_t rows_per_block = (rows + gy - 1) / gy;
     gy = (rows + rows_per_block - 1) / rows_per_block;
-    auto partial = at::empty({gy, cols}, x.options().dtype(at::kFloat));
+    auto partial = at::empty({gy, cols}, x.options().dtype(std::is_same_v<T, double> ? at::kDouble : at::kFloat));
     auto launch = [&](auto kernel) {
       kernel<<<dim3(gx, gy), THREADS, 0, stream>>>(g.data_ptr<T>(), x.data_ptr<T>(), b.data_ptr<T>(),
-                                                   dx.data_ptr<T>(), partial.data_ptr<float>(), rows, cols,
+                                                   dx.data_ptr<T>(), partial.data_ptr<math_t<T>>(), rows, cols,
                                                    rows_per_block);
     };
     if (approx) {
@@ -227,7 +256,7 @@ std::tuple<at::Tensor, at::Tensor> bias_gelu_bwd_cuda(const at::Tensor &grad_in,
       vec ? launch(bias_bwd_kernel<Approx::None, T, true>) : launch(bias_bwd_kernel<Approx::None, T, false>);
     }
     C10_CUDA_KERNEL_LAUNCH_CHECK();
-    column_sum_kernel<T><<<(cols + THREADS - 1) / THREADS, THREADS, 0, stream>>>(partial.data_ptr<float>(),
+    column_sum_kernel<T><<<(cols + THREADS - 1) / THREADS, THREADS, 0, stream>>>(partial.data_ptr<math_t<T>>(),
                                                                                  db.data_ptr<T>(), gy, cols);
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
