@@ -33,7 +33,7 @@ int num_sms() {
 
 int64_t grid_for(int64_t work_items) {
   // enough resident blocks to fill every SM several times over; the loop strides over the rest
-  return std::max<int64_t>(1, std::min<int64_t>((work_items + THREADS - 1) / THREADS, int64_t(num_sms()) * 8));
+  return std::max<int64_t>(1, std::min<int64_t>((work_items + THREADS - 1) / THREADS, int64_t(num_sms()) * 16));
 }
 
 bool aligned16(const void *p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
@@ -42,36 +42,22 @@ template <typename T>
 using math_t = std::conditional_t<std::is_same_v<T, double>, double, float>;  // fp32 registers unless fp64
 
 // excerpt: forward-kernel
-// Each iteration a thread issues UNROLL independent 16-byte loads before any math, so enough bytes are
-// in flight per SM to cover HBM latency; one resident wave of blocks strides over the rest.
 template <Approx A, typename T, bool BIAS, bool VEC>
 __global__ void __launch_bounds__(THREADS) fwd_kernel(const T *__restrict__ x, const T *__restrict__ b,
                                                       T *__restrict__ y, int64_t n, int64_t cols) {
   using M = math_t<T>;
-  constexpr int V = VEC ? Pack<T>::N : 1, UNROLL = VEC ? 2 : 1;
-  const int64_t stride = int64_t(gridDim.x) * blockDim.x * V * UNROLL;
-  for (int64_t i0 = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) * V; i0 < n; i0 += stride) {
-    if (VEC && i0 + (UNROLL - 1) * int64_t(gridDim.x) * blockDim.x * V + V <= n) {
-      Pack<T> px[UNROLL], pb[UNROLL], py[UNROLL];
+  constexpr int V = VEC ? Pack<T>::N : 1;
+  const int64_t stride = int64_t(gridDim.x) * blockDim.x * V;
+  for (int64_t i = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) * V; i < n; i += stride) {
+    if (VEC && i + V <= n) {
+      const Pack<T> px = *reinterpret_cast<const Pack<T> *>(x + i);
+      Pack<T> pb, py;
+      if constexpr (BIAS) pb = *reinterpret_cast<const Pack<T> *>(b + i % cols);  // cols % V == 0: one row
 #pragma unroll
-      for (int u = 0; u < UNROLL; ++u) {
-        const int64_t i = i0 + u * int64_t(gridDim.x) * blockDim.x * V;  // coalesced across the grid
-        px[u] = *reinterpret_cast<const Pack<T> *>(x + i);
-        if constexpr (BIAS) pb[u] = *reinterpret_cast<const Pack<T> *>(b + i % cols);  // cols % V == 0
-      }
-#pragma unroll
-      for (int u = 0; u < UNROLL; ++u) {
-#pragma unroll
-        for (int e = 0; e < V; ++e)
-          py[u].v[e] = T(gelu_value<A, M>(M(px[u].v[e]) + (BIAS ? M(pb[u].v[e]) : M(0))));
-        *reinterpret_cast<Pack<T> *>(y + i0 + u * int64_t(gridDim.x) * blockDim.x * V) = py[u];
-      }
+      for (int e = 0; e < V; ++e) py.v[e] = T(gelu_value<A, M>(M(px.v[e]) + (BIAS ? M(pb.v[e]) : M(0))));
+      *reinterpret_cast<Pack<T> *>(y + i) = py;
     } else {
-      for (int u = 0; u < UNROLL; ++u) {
-        const int64_t i = i0 + u * int64_t(gridDim.x) * blockDim.x * V;
-        for (int64_t j = i; j < n && j < i + V; ++j)
-          y[j] = T(gelu_value<A, M>(M(x[j]) + (BIAS ? M(b[j % cols]) : M(0))));
-      }
+      for (int64_t j = i; j < n && j < i + V; ++j) y[j] = T(gelu_value<A, M>(M(x[j]) + (BIAS ? M(b[j % cols]) : M(0))));
     }
   }
 }
@@ -81,26 +67,18 @@ template <Approx A, typename T, bool VEC>
 __global__ void __launch_bounds__(THREADS) bwd_kernel(const T *__restrict__ g, const T *__restrict__ x,
                                                       T *__restrict__ dx, int64_t n) {
   using M = math_t<T>;
-  constexpr int V = VEC ? Pack<T>::N : 1, UNROLL = VEC ? 2 : 1;
-  const int64_t step = int64_t(gridDim.x) * blockDim.x * V, stride = step * UNROLL;
-  for (int64_t i0 = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) * V; i0 < n; i0 += stride) {
-    if (VEC && i0 + (UNROLL - 1) * step + V <= n) {
-      Pack<T> pg[UNROLL], px[UNROLL], pd[UNROLL];
+  constexpr int V = VEC ? Pack<T>::N : 1;
+  const int64_t stride = int64_t(gridDim.x) * blockDim.x * V;
+  for (int64_t i = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) * V; i < n; i += stride) {
+    if (VEC && i + V <= n) {
+      const Pack<T> pg = *reinterpret_cast<const Pack<T> *>(g + i);
+      const Pack<T> px = *reinterpret_cast<const Pack<T> *>(x + i);
+      Pack<T> pd;
 #pragma unroll
-      for (int u = 0; u < UNROLL; ++u) {
-        pg[u] = *reinterpret_cast<const Pack<T> *>(g + i0 + u * step);
-        px[u] = *reinterpret_cast<const Pack<T> *>(x + i0 + u * step);
-      }
-#pragma unroll
-      for (int u = 0; u < UNROLL; ++u) {
-#pragma unroll
-        for (int e = 0; e < V; ++e) pd[u].v[e] = T(M(pg[u].v[e]) * gelu_grad<A, M>(M(px[u].v[e])));
-        *reinterpret_cast<Pack<T> *>(dx + i0 + u * step) = pd[u];
-      }
+      for (int e = 0; e < V; ++e) pd.v[e] = T(M(pg.v[e]) * gelu_grad<A, M>(M(px.v[e])));
+      *reinterpret_cast<Pack<T> *>(dx + i) = pd;
     } else {
-      for (int u = 0; u < UNROLL; ++u)
-        for (int64_t j = i0 + u * step; j < n && j < i0 + u * step + V; ++j)
-          dx[j] = T(M(g[j]) * gelu_grad<A, M>(M(x[j])));
+      for (int64_t j = i; j < n && j < i + V; ++j) dx[j] = T(M(g[j]) * gelu_grad<A, M>(M(x[j])));
     }
   }
 }
