@@ -56,3 +56,12 @@ def test_machine_benchmark_at_cpu_scale_writes_valid_records(tmp_path, monkeypat
     assert mm.scale == "cpu" and len(mm.rows) == 4 and all(r["TFLOPs"] > 0 for r in mm.rows)
     assert mm.environment["command"] and mm.ceilings["copy_GBps"] > 0
     assert machine.headline.__name__ == "headline"
+
+
+def test_project_main_build_and_bench_dispatch(capsys):
+    from mlsys_bench.cli import project_main
+
+    assert project_main("demo", lambda: "built demo", ["build"]) == 0
+    assert capsys.readouterr().out.strip() == "built demo"
+    with pytest.raises(SystemExit, match="unknown project 'demo'"):
+        project_main("demo", lambda: "", ["bench", "--scale", "cpu"])

@@ -2,25 +2,17 @@
 
 from __future__ import annotations
 
-import argparse
+from mlsys_bench.cli import project_main
+
+
+def _build() -> str:
+    from custom_gelu import build
+
+    return "built with CUDA kernels" if build.load(verbose=True) else "built for the CPU only (no CUDA toolkit)"
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="custom-gelu", description="GELU as a PyTorch extension.")
-    sub = ap.add_subparsers(dest="command", required=True)
-    b = sub.add_parser("bench", help="run the benchmark (same as `mlsys bench custom-gelu`)")
-    b.add_argument("--scale", choices=("auto", "gpu", "cpu"), default="auto")
-    b.add_argument("--tables", action="store_true")
-    sub.add_parser("build", help="compile the extension (cached) and say whether it has the CUDA kernels")
-    args = ap.parse_args(argv)
-    if args.command == "build":
-        from custom_gelu import build
-
-        print("built with CUDA kernels" if build.load(verbose=True) else "built for the CPU only (no CUDA toolkit)")
-        return 0
-    from mlsys_bench.cli import main as mlsys
-
-    return mlsys(["bench", "custom-gelu", "--scale", args.scale, *(["--tables"] if args.tables else [])])
+    return project_main("custom-gelu", _build, argv)
 
 
 if __name__ == "__main__":

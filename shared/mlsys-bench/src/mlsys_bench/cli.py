@@ -12,6 +12,7 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Callable
 
 import torch
 
@@ -167,3 +168,19 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     return args.fn(args)
+
+
+def project_main(project: str, build: Callable[[], str], argv: list[str] | None = None) -> int:
+    """The command a kernel project installs: `<project> bench` (= `mlsys bench <project>`) and
+    `<project> build` (compile its extension and print what was built)."""
+    ap = argparse.ArgumentParser(prog=project, description=f"{project}: build and benchmark.")
+    sub = ap.add_subparsers(dest="command", required=True)
+    b = sub.add_parser("bench", help=f"run the benchmark (same as `mlsys bench {project}`)")
+    b.add_argument("--scale", choices=("auto", "gpu", "cpu"), default="auto")
+    b.add_argument("--tables", action="store_true")
+    sub.add_parser("build", help="compile the extension (cached) and say what was built")
+    args = ap.parse_args(argv)
+    if args.command == "build":
+        print(build())
+        return 0
+    return main(["bench", project, "--scale", args.scale, *(["--tables"] if args.tables else [])])
