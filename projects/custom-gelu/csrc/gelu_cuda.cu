@@ -32,8 +32,9 @@ int num_sms() {
 }
 
 int64_t grid_for(int64_t work_items) {
-  // enough resident blocks to fill every SM several times over; the loop strides over the rest
-  return std::max<int64_t>(1, std::min<int64_t>((work_items + THREADS - 1) / THREADS, int64_t(num_sms()) * 16));
+  // one 16-byte vector per thread and as many blocks as that takes (the grid-stride loop only matters past
+  // 2^31 - 1 blocks): short-lived blocks let the scheduler keep every SM full to the end
+  return std::max<int64_t>(1, std::min<int64_t>((work_items + THREADS - 1) / THREADS, (int64_t(1) << 31) - 1));
 }
 
 bool aligned16(const void *p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
