@@ -1,6 +1,6 @@
 // CUDA kernels: GELU forward and backward, plain and with a fused bias, fp32 / fp16 / bf16.
 // Memory-bound by two orders of magnitude (a few FLOPs per byte), so the whole game is bytes: 16-byte
-// vector loads and stores, a grid-stride loop sized to the SM count, math in fp32 registers, one pass.
+// vector loads and stores, one vector per thread over as many blocks as it takes, fp32 math, one pass.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <c10/cuda/CUDAException.h>
