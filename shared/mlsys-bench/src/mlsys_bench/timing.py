@@ -18,8 +18,9 @@ import torch
 
 from mlsys_bench.stats import Summary, summarize
 
-# About 25 us and 0.5 s of spinning at a ~2 GHz SM clock: covers the host's launch time per call.
-PRIME_CYCLES_PER_CALL = 50_000
+# About 100 us per call (0.5 s at most) of spinning at a ~2 GHz SM clock: covers the host's time per call,
+# including the guard checks of a torch.compile'd function, so the GPU never waits on the host mid-sample.
+PRIME_CYCLES_PER_CALL = 200_000
 PRIME_CYCLES_MAX = 1_000_000_000
 
 
