@@ -37,7 +37,7 @@ def test_machine_benchmark_at_cpu_scale_writes_valid_records(tmp_path, monkeypat
         device=cpu,
         scale="cpu",
         hardware="cpu-test",
-        results_dir=tmp_path,
+        results_dir=tmp_path / "cpu-test",
         repo=tmp_path,
         ceilings=C.probe_ceilings(cpu, tiny),
         show_progress=False,
@@ -52,10 +52,14 @@ def test_machine_benchmark_at_cpu_scale_writes_valid_records(tmp_path, monkeypat
         "matmul-sweep.png",
         "roofline.png",
     ]
-    mm = read_record(tmp_path / "matmul-sweep.json")
+    mm = read_record(tmp_path / "cpu-test" / "matmul-sweep.json")
     assert mm.scale == "cpu" and len(mm.rows) == 4 and all(r["TFLOPs"] > 0 for r in mm.rows)
     assert mm.environment["command"] and mm.ceilings["copy_GBps"] > 0
-    assert machine.headline.__name__ == "headline"
+    from mlsys_bench.results import ResultSet
+
+    headline = machine.headline(ResultSet.load("mlsys-bench", tmp_path, ("cpu-test",)))
+    copy = read_record(tmp_path / "cpu-test" / "ceilings.json").rows[0]["copy_GBps"]
+    assert headline[0] == f"copy {copy / 1e3:.2f} TB/s" and len(headline) == 3
 
 
 def test_project_main_build_and_bench_dispatch(capsys):
