@@ -1,6 +1,6 @@
 """Building the extension: a cached JIT build with torch.utils.cpp_extension.
 
-The first call compiles every rung plus the binding (about 30 s on 2 cores) into
+The first call compiles every rung plus the binding into
 TORCH_EXTENSIONS_DIR (default ~/.cache/torch_extensions); later calls load the cached library.
 Target: the visible GPU's architecture, or sm_90 (Hopper) when there is none, so the build also
 runs on a CPU-only machine that has nvcc (mlsys_bench.toolchain finds the toolkit and the target).
