@@ -63,8 +63,7 @@ def _time(fn, flops: float) -> float:
     return flops / t.median / 1e12
 
 
-def _shapes(ctx: BenchContext):
-    return [(str(n), n, n, n) for n in SQUARE] + TRANSFORMER
+SHAPES = [(str(n), n, n, n) for n in SQUARE] + TRANSFORMER
 
 
 def bench_gpu(ctx: BenchContext) -> None:
@@ -72,7 +71,7 @@ def bench_gpu(ctx: BenchContext) -> None:
 
     errors = {r.label: check(r) for r in ctx.progress(RUNGS, "correctness")}
     rows = []
-    for label, M, N, K in ctx.progress(_shapes(ctx), "ladder"):
+    for label, M, N, K in ctx.progress(SHAPES, "ladder"):
         flops = 2.0 * M * N * K
         a32, b32 = _inputs("fp32", M, N, K, seed=M + N + K)
         a16, b16 = a32.bfloat16(), b32.bfloat16()
