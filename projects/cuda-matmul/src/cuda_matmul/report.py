@@ -20,6 +20,7 @@ from cuda_matmul.tune import NAMES, TUNED
 SQUARE = [256, 512, 1024, 2048, 4096, 8192]
 # (label, M tokens, N out features, K in features): a Llama-7B layer over 8192 tokens
 TRANSFORMER = [("qkv_proj", 8192, 12288, 4096), ("mlp_up", 8192, 11008, 4096), ("mlp_down", 8192, 4096, 11008)]
+SHAPES = [(str(n), n, n, n) for n in SQUARE] + TRANSFORMER
 CHECK_SHAPES = [(509, 385, 263), (1024, 1024, 1024), (64, 8, 1000), (1, 1, 1)]
 TOLERANCE = 1e-5  # relative Frobenius error against float64, fp32 accumulation over K <= 1000
 PROFILE_N = 4096
@@ -61,9 +62,6 @@ def _time(fn, flops: float) -> float:
     repeats = max(3, min(50, int(0.3 / max(probe, 1e-6))))
     t = time_gpu(fn, config=TimingConfig(warmup=2, repeats=repeats, flush_l2=True))
     return flops / t.median / 1e12
-
-
-SHAPES = [(str(n), n, n, n) for n in SQUARE] + TRANSFORMER
 
 
 def bench_gpu(ctx: BenchContext) -> None:
