@@ -2,7 +2,7 @@ import pytest
 import torch
 from mlsys_bench.ceilings import Ceilings
 from mlsys_bench.memory import PeakMemory
-from mlsys_bench.plots import bar_chart, line_chart, roofline_chart, save_figure
+from mlsys_bench.plots import bar_chart, grouped_bar_chart, line_chart, roofline_chart, save_figure
 
 
 def _png_ok(path):
@@ -33,12 +33,20 @@ def test_charts_render_deterministically(tmp_path):
             ylabel="TFLOP/s",
             reference=("cuBLAS", 50.0),
         ),
+        "grouped": lambda: grouped_bar_chart(
+            ["512", "1k"], {"ours": [300.0, 350.0], "oom": [None, 10.0]}, title="t", xlabel="x", ylabel="y"
+        ),
         "roof": lambda: roofline_chart(c, [("k", 10.0, 20.0), ("mm", 1000.0, 700.0)], dtype="bf16", title="r"),
     }
     for name, make in figs.items():
         a, b = save_figure(make(), tmp_path / f"{name}1.png"), save_figure(make(), tmp_path / f"{name}2.png")
         assert _png_ok(a)
         assert a.read_bytes() == b.read_bytes(), f"{name} chart is not reproducible"
+
+
+def test_grouped_bar_chart_rejects_a_series_of_the_wrong_length():
+    with pytest.raises(ValueError, match="series 'a' has 1 values for 2 groups"):
+        grouped_bar_chart(["x", "y"], {"a": [1.0]}, title="t", xlabel="x", ylabel="y")
 
 
 def test_peak_memory_cpu():

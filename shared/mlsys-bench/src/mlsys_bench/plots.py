@@ -1,4 +1,5 @@
-"""Charts in one house style: line (sweeps), bar (ladders, comparisons), roofline.
+"""Charts in one house style: line (sweeps), bar (ladders, comparisons), grouped bar (implementations side by
+side at each size, the FlashAttention papers' format), roofline.
 
 Built on matplotlib's object API (no pyplot), so nothing global is touched and no display is needed.
 PNG metadata is cleared so regenerating a chart from the same data gives the same bytes.
@@ -86,6 +87,35 @@ def bar_chart(
         ax.annotate(
             reference[0], (0.99, reference[1]), xycoords=("axes fraction", "data"), ha="right", va="bottom", fontsize=8
         )
+    return fig
+
+
+def grouped_bar_chart(
+    groups: Sequence[str],
+    series: Mapping[str, Sequence[float | None]],
+    *,
+    title: str,
+    xlabel: str,
+    ylabel: str,
+) -> Figure:
+    """One cluster of bars per group (e.g. a sequence length), one bar per series in each, its value on top;
+    None (not run, out of memory) leaves the slot empty and prints "n/a"."""
+    for label, values in series.items():
+        if len(values) != len(groups):
+            raise ValueError(f"series {label!r} has {len(values)} values for {len(groups)} groups")
+    fig, ax = _figure(title, xlabel, ylabel)
+    width = 0.8 / max(len(series), 1)
+    for i, (label, values) in enumerate(series.items()):
+        xs = [g + (i - (len(series) - 1) / 2) * width for g in range(len(groups))]
+        bars = ax.bar(xs, [v or 0.0 for v in values], width, label=label, color=PALETTE[i % 9])
+        for bar, v in zip(bars, values, strict=True):
+            text = "n/a" if v is None else f"{v:.0f}"
+            x = bar.get_x() + bar.get_width() / 2
+            ax.annotate(text, (x, bar.get_height()), ha="center", va="bottom", fontsize=6, rotation=90)
+    ax.set_xticks(range(len(groups)), list(groups))
+    ax.grid(False, axis="x")
+    ax.margins(y=0.15)
+    ax.legend(frameon=False, fontsize=8, ncols=min(len(series), 3))
     return fig
 
 

@@ -28,14 +28,14 @@ KEY = ["T_Q_BUCKET", "T_K_BUCKET", "HEAD_DIM", "CAUSAL"]
 
 
 @triton.jit
-def _delta_kernel(O, DO, DELTA, stride_ob, stride_oh, stride_ot, stride_db, stride_dh, stride_dt, H, T_Q,
+def _delta_kernel(Out, DO, DELTA, stride_ob, stride_oh, stride_ot, stride_db, stride_dh, stride_dt, H, T_Q,
                   HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr):  # fmt: skip
     pid_m, pid_bh = tl.program_id(0), tl.program_id(1)
     b, h = pid_bh // H, pid_bh % H
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, HEAD_DIM)
     rows = offs_m[:, None] < T_Q
-    o = tl.load(O + b.to(tl.int64) * stride_ob + h * stride_oh + offs_m[:, None] * stride_ot + offs_d[None, :],
+    o = tl.load(Out + b.to(tl.int64) * stride_ob + h * stride_oh + offs_m[:, None] * stride_ot + offs_d[None, :],
                 mask=rows, other=0.0)  # fmt: skip
     do = tl.load(DO + b.to(tl.int64) * stride_db + h * stride_dh + offs_m[:, None] * stride_dt + offs_d[None, :],
                  mask=rows, other=0.0)  # fmt: skip

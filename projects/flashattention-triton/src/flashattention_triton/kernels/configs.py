@@ -44,9 +44,7 @@ def interpreting() -> bool:
 
 def _configs(table: dict[int, list[tuple[int, int, int, int]]]) -> list[triton.Config]:
     shapes = [INTERPRETER] if interpreting() else sorted({s for shapes in table.values() for s in shapes})
-    return [
-        triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=st) for bm, bn, w, st in shapes
-    ]
+    return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=st) for bm, bn, w, st in shapes]
 
 
 def forward_configs() -> list[triton.Config]:
@@ -67,9 +65,7 @@ def _pruner(table: dict[int, list[tuple[int, int, int, int]]]):
             return configs
         d = kwargs.get("HEAD_DIM", named_args.get("HEAD_DIM"))
         wanted = set(table[d])
-        kept = [
-            c for c in configs if (c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, c.num_stages) in wanted
-        ]
+        kept = [c for c in configs if (c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, c.num_stages) in wanted]
         return kept or configs[:1]
 
     return prune

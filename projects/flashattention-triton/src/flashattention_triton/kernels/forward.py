@@ -1,10 +1,10 @@
 """The forward kernel: one program owns BLOCK_M query rows of one head and streams the K/V tiles of its
 KV head through SRAM, keeping a running max and sum (online softmax) so the T_q x T_k score matrix is
-never written anywhere. Writes O and the per-row log-sum-exp the backward needs.
+never written anywhere. Writes Out and the per-row log-sum-exp the backward needs.
 
 Causal masking is bottom-right aligned (query i sees keys j <= i + T_k - T_q, as FlashAttention 2.1+ and
 a KV cache need); it equals SDPA's is_causal when T_q == T_k. A row that sees no key (only possible when
-T_q > T_k) gets O = 0 and LSE = +inf, so the backward's exp(s - LSE) is 0 there.
+T_q > T_k) gets Out = 0 and LSE = +inf, so the backward's exp(s - LSE) is 0 there.
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ def _attend_tiles(
                  prune_configs_by={"early_config_prune": prune_forward})  # fmt: skip
 @triton.jit
 def _forward_kernel(
-    Q, K, V, O, LSE,
+    Q, K, V, Out, LSE,
     stride_qb, stride_qh, stride_qt, stride_kb, stride_kh, stride_kt, stride_vb, stride_vh, stride_vt,
     stride_ob, stride_oh, stride_ot, stride_lb, stride_lh,
     H, GROUP, T_Q, T_K, T_Q_BUCKET, T_K_BUCKET, qk_scale,
@@ -105,8 +105,8 @@ def _forward_kernel(
     l_safe = tl.where(seen, l_i, 1.0)
     out = acc / l_safe[:, None]
     lse = tl.where(seen, (m_i + tl.math.log2(l_safe)) * 0.6931471805599453, float("inf"))  # natural log, as SDPA
-    o_ptrs = O + b.to(tl.int64) * stride_ob + h * stride_oh + offs_m[:, None] * stride_ot + offs_d[None, :]
-    tl.store(o_ptrs, out.to(O.dtype.element_ty), mask=offs_m[:, None] < T_Q)
+    o_ptrs = Out + b.to(tl.int64) * stride_ob + h * stride_oh + offs_m[:, None] * stride_ot + offs_d[None, :]
+    tl.store(o_ptrs, out.to(Out.dtype.element_ty), mask=offs_m[:, None] < T_Q)
     tl.store(LSE + b.to(tl.int64) * stride_lb + h * stride_lh + offs_m, lse, mask=offs_m < T_Q)
 
 
@@ -118,7 +118,7 @@ def bucket(n: int) -> int:
 def attention_forward(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, scale: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """O (B, H, T_q, D) in q's dtype and LSE (B, H, T_q) fp32, natural log. Inputs already validated."""
+    """Out (B, H, T_q, D) in q's dtype and LSE (B, H, T_q) fp32, natural log. Inputs already validated."""
     B, H, T_q, D = q.shape
     H_kv, T_k = k.shape[1], k.shape[2]
     o = torch.empty((B, H, T_q, D), dtype=q.dtype, device=q.device)
