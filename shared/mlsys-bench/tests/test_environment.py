@@ -9,7 +9,8 @@ def _git(repo, *args):
     subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True)
 
 
-def test_git_state_clean_then_dirty(tmp_path):
+def test_git_state_clean_then_dirty(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLSYS_GIT_COMMIT", raising=False)
     _git(tmp_path, "init", "-q")
     (tmp_path / "f.txt").write_text("a")
     _git(tmp_path, "add", "f.txt")
@@ -18,9 +19,13 @@ def test_git_state_clean_then_dirty(tmp_path):
     assert len(state["commit"]) == 40 and state["dirty"] is False and state["source"] == "git"
     (tmp_path / "f.txt").write_text("b")
     assert git_state(tmp_path)["dirty"] is True
+    # a tree copied with a stale .git folder: the commit named by whoever copied it wins
+    monkeypatch.setenv("MLSYS_GIT_COMMIT", "f" * 40)
+    monkeypatch.setenv("MLSYS_GIT_DIRTY", "0")
+    assert git_state(tmp_path) == {"commit": "f" * 40, "dirty": False, "source": "env"}
 
 
-def test_git_state_falls_back_to_env(tmp_path, monkeypatch):
+def test_git_state_from_env_without_a_checkout(tmp_path, monkeypatch):
     monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path.parent))
     monkeypatch.delenv("MLSYS_GIT_COMMIT", raising=False)
     assert git_state(tmp_path) == {"commit": None, "dirty": None, "source": None}

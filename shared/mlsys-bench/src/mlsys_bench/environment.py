@@ -1,8 +1,8 @@
 """Environment capture: what machine, software and source produced a number.
 
 Every record carries this dict, so a result file alone says how to reproduce it. On a machine whose
-copy of the repo is not a git checkout (a no-install GPU box that received a plain file tree), the
-commit comes from MLSYS_GIT_COMMIT / MLSYS_GIT_DIRTY, set by whoever copied the tree there.
+copy of the repo may not be a faithful git checkout (a no-install GPU box that received a file tree), the
+commit comes from MLSYS_GIT_COMMIT / MLSYS_GIT_DIRTY when they are set, by whoever copied the tree there.
 """
 
 from __future__ import annotations
@@ -34,15 +34,18 @@ def _run(cmd: list[str], cwd: Path | None = None) -> str | None:
 
 
 def git_state(repo: Path) -> dict[str, Any]:
-    """{'commit': sha or None, 'dirty': bool or None} of the checkout holding `repo`."""
-    commit = _run(["git", "rev-parse", "HEAD"], cwd=repo)
-    if commit:
-        status = _run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo)
-        return {"commit": commit, "dirty": bool(status) if status is not None else None, "source": "git"}
+    """{'commit': sha or None, 'dirty': bool or None} of the source that produced a number.
+
+    MLSYS_GIT_COMMIT, when set, wins over the checkout: whoever copied the tree to another machine knows
+    its commit, while a .git folder copied along with it can be stale there."""
     env_commit = os.environ.get("MLSYS_GIT_COMMIT")
     if env_commit:
         dirty = os.environ.get("MLSYS_GIT_DIRTY")
         return {"commit": env_commit, "dirty": None if dirty is None else dirty == "1", "source": "env"}
+    commit = _run(["git", "rev-parse", "HEAD"], cwd=repo)
+    if commit:
+        status = _run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo)
+        return {"commit": commit, "dirty": bool(status) if status is not None else None, "source": "git"}
     return {"commit": None, "dirty": None, "source": None}
 
 
