@@ -180,3 +180,18 @@ def test_compiles_without_graph_breaks():
     torch.testing.assert_close(got, ref)
     for a, b in zip(got_grads, ref_grads, strict=True):
         torch.testing.assert_close(a, b)
+
+
+@pytest.mark.gpu
+def test_compiled_kernels_use_hopper_wgmma():
+    if torch.cuda.get_device_capability() < (9, 0):
+        pytest.skip("wgmma is a Hopper (sm_90) instruction")
+    from flashattention_triton.kernels import backward, forward
+
+    q, k, v, do = (t.detach() for t in _inputs(1, 4, 4, 512, 512, 128, torch.bfloat16))
+    o, lse = forward.attention_forward(q, k, v, False, 0.1)
+    compiled = {"forward": forward.launch_forward(q, k, v, o, lse, False, 0.1)}
+    grads = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    compiled.update(backward.launch_backward(do, q, k, v, o, lse, torch.empty_like(lse), *grads, False, 0.1))
+    for name in ("forward", "dkdv", "dq"):
+        assert "wgmma.mma_async" in compiled[name].asm["ptx"], f"{name} kernel does not use wgmma"

@@ -18,6 +18,8 @@ from mlsys_bench.results import ResultSet
 from mlsys_bench.timing import TimingConfig, time_fn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from flashattention_triton.kernels import backward as bwd_kernels
+from flashattention_triton.kernels import forward as fwd_kernels
 from flashattention_triton.kernels.configs import interpreting
 from flashattention_triton.ops import attention
 from flashattention_triton.reference import reference_attention
@@ -170,6 +172,37 @@ def _memory(ctx: BenchContext, shape: dict) -> list[dict]:
     return rows
 
 
+def _kernel_resources(ctx: BenchContext, shape: dict) -> list[dict]:
+    """What the compiler made of each kernel at 4k tokens: the tile the autotuner chose, registers per
+    thread, spills, shared memory, and whether its PTX issues Hopper's asynchronous warpgroup MMA (wgmma)."""
+    rows = []
+    seqlen, dtype = 4096, DTYPES[shape["dtype"]]
+    for head_dim in shape["head_dims"]:
+        for causal in (False, True):
+            batch, heads = shape["tokens"] // seqlen, shape["hidden"] // head_dim
+            q, k, v, do = (torch.randn(batch, heads, seqlen, head_dim, device=ctx.device, dtype=dtype)
+                           for _ in range(4))  # fmt: skip
+            o, lse = fwd_kernels.attention_forward(q, k, v, causal, head_dim**-0.5)
+            dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+            delta = torch.empty_like(lse)
+            compiled = {"forward": (fwd_kernels.launch_forward(q, k, v, o, lse, causal, head_dim**-0.5),
+                                    fwd_kernels._forward_kernel)}  # fmt: skip
+            launched = bwd_kernels.launch_backward(do, q, k, v, o, lse, delta, dq, dk, dv, causal, head_dim**-0.5)
+            compiled["backward dK dV"] = (launched["dkdv"], bwd_kernels._dkdv_kernel)
+            compiled["backward dQ"] = (launched["dq"], bwd_kernels._dq_kernel)
+            for name, (kernel, tuner) in compiled.items():
+                cfg = tuner.best_config
+                rows.append({
+                    "kernel": name, "head_dim": head_dim, "causal": causal,
+                    "BLOCK_M": cfg.kwargs["BLOCK_M"], "BLOCK_N": cfg.kwargs["BLOCK_N"],
+                    "num_warps": cfg.num_warps, "num_stages": cfg.num_stages,
+                    "wgmma": "wgmma.mma_async" in kernel.asm["ptx"],
+                    "registers": kernel.n_regs, "spills": kernel.n_spills,
+                    "shared_KiB": kernel.metadata.shared / 1024,
+                })  # fmt: skip
+    return rows
+
+
 def bench(ctx: BenchContext) -> None:
     gpu = ctx.scale == "gpu"
     if ctx.device.type != "cuda" and not interpreting():
@@ -233,6 +266,19 @@ def bench(ctx: BenchContext) -> None:
                               f"x {mem_rows[0]['head_dim']}", xlabel="sequence length", ylabel="MiB", logx=True,
                               logy=True), "memory")  # fmt: skip
     _charts(ctx, rec.rows, shape)
+    if gpu:
+        ctx.record(
+            benchmark="kernels",
+            columns=[param("kernel"), param("head_dim"), param("causal"), param("BLOCK_M"), param("BLOCK_N"),
+                     param("num_warps"), param("num_stages"), param("wgmma"), metric("registers", "per thread"),
+                     metric("spills", "bytes"), metric("shared_KiB", "KiB", "shared memory per program")],
+            rows=_kernel_resources(ctx, shape),
+            config={"seqlen": 4096, "tokens": shape["tokens"], "hidden": shape["hidden"], "dtype": shape["dtype"]},
+            timing=TimingConfig(warmup=0, repeats=1),
+            method="compiler-report",
+            notes="The autotuner's choice at this shape; registers and spills from ptxas through Triton; wgmma: "
+            "the PTX contains wgmma.mma_async (Hopper's warpgroup tensor-core instruction).",
+        )  # fmt: skip
 
 
 def _charts(ctx: BenchContext, rows, shape: dict) -> None:

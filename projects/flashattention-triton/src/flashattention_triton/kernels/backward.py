@@ -202,6 +202,33 @@ def _dq_kernel(
     tl.store(dq_ptrs, (dq * scale).to(DQ.dtype.element_ty), mask=rows[:, None])
 
 
+def launch_backward(do, q, k, v, o, lse, delta, dq, dk, dv, causal: bool, scale: float) -> dict:
+    """Run the three backward kernels into delta, dq, dk, dv; returns Triton's compiled kernels by name."""
+    B, H, T_q, D = q.shape
+    H_kv, T_k = k.shape[1], k.shape[2]
+    block = 16 if D >= 256 else 64
+    kernels = {}
+    kernels["delta"] = _delta_kernel[(triton.cdiv(T_q, block), B * H)](
+        o, do, delta, o.stride(0), o.stride(1), o.stride(2), do.stride(0), do.stride(1), do.stride(2), H, T_q,
+        HEAD_DIM=D, BLOCK_M=block,
+    )  # fmt: skip
+    common = dict(HEAD_DIM=D, CAUSAL=causal)
+    kernels["dkdv"] = _dkdv_kernel[lambda meta: (triton.cdiv(T_k, meta["BLOCK_N"]), B * H_kv)](
+        q, k, v, do, lse, delta, dk, dv,
+        q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2), v.stride(0), v.stride(1),
+        v.stride(2), do.stride(0), do.stride(1), do.stride(2), dk.stride(0), dk.stride(1), dk.stride(2),
+        dv.stride(0), dv.stride(1), dv.stride(2),
+        H, H_kv, H // H_kv, T_q, T_k, bucket(T_q), bucket(T_k), scale * LOG2E, scale, **common,
+    )  # fmt: skip
+    kernels["dq"] = _dq_kernel[lambda meta: (triton.cdiv(T_q, meta["BLOCK_M"]), B * H)](
+        q, k, v, do, lse, delta, dq,
+        q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2), v.stride(0), v.stride(1),
+        v.stride(2), do.stride(0), do.stride(1), do.stride(2), dq.stride(0), dq.stride(1), dq.stride(2),
+        H, H // H_kv, T_q, T_k, bucket(T_q), bucket(T_k), scale * LOG2E, scale, **common,
+    )  # fmt: skip
+    return kernels
+
+
 def attention_backward(
     do: torch.Tensor,
     q: torch.Tensor,
@@ -214,30 +241,10 @@ def attention_backward(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """dQ, dK, dV in the inputs' shapes and dtype. lse must be contiguous (B, H, T_q) as the forward wrote it."""
     B, H, T_q, D = q.shape
-    H_kv, T_k = k.shape[1], k.shape[2]
     dq = torch.empty((B, H, T_q, D), dtype=q.dtype, device=q.device)
-    dk = torch.empty((B, H_kv, T_k, D), dtype=k.dtype, device=k.device)
-    dv = torch.empty((B, H_kv, T_k, D), dtype=v.dtype, device=v.device)
+    dk, dv = torch.empty(k.shape, dtype=k.dtype, device=k.device), torch.empty(v.shape, dtype=v.dtype, device=v.device)
     if q.numel() == 0 or k.numel() == 0:
         return dq.zero_(), dk.zero_(), dv.zero_()
     delta = torch.empty((B, H, T_q), dtype=torch.float32, device=q.device)
-    block = 16 if D >= 256 else 64
-    _delta_kernel[(triton.cdiv(T_q, block), B * H)](
-        o, do, delta, o.stride(0), o.stride(1), o.stride(2), do.stride(0), do.stride(1), do.stride(2), H, T_q,
-        HEAD_DIM=D, BLOCK_M=block,
-    )  # fmt: skip
-    common = dict(HEAD_DIM=D, CAUSAL=causal)
-    _dkdv_kernel[lambda meta: (triton.cdiv(T_k, meta["BLOCK_N"]), B * H_kv)](
-        q, k, v, do, lse, delta, dk, dv,
-        q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2), v.stride(0), v.stride(1),
-        v.stride(2), do.stride(0), do.stride(1), do.stride(2), dk.stride(0), dk.stride(1), dk.stride(2),
-        dv.stride(0), dv.stride(1), dv.stride(2),
-        H, H_kv, H // H_kv, T_q, T_k, bucket(T_q), bucket(T_k), scale * LOG2E, scale, **common,
-    )  # fmt: skip
-    _dq_kernel[lambda meta: (triton.cdiv(T_q, meta["BLOCK_M"]), B * H)](
-        q, k, v, do, lse, delta, dq,
-        q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2), v.stride(0), v.stride(1),
-        v.stride(2), do.stride(0), do.stride(1), do.stride(2), dq.stride(0), dq.stride(1), dq.stride(2),
-        H, H // H_kv, T_q, T_k, bucket(T_q), bucket(T_k), scale * LOG2E, scale, **common,
-    )  # fmt: skip
+    launch_backward(do, q, k, v, o, lse, delta, dq, dk, dv, causal, scale)
     return dq, dk, dv

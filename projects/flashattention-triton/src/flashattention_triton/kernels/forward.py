@@ -115,25 +115,31 @@ def bucket(n: int) -> int:
     return triton.next_power_of_2(max(n, 1))
 
 
-def attention_forward(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, scale: float
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Out (B, H, T_q, D) in q's dtype and LSE (B, H, T_q) fp32, natural log. Inputs already validated."""
+def launch_forward(q, k, v, o: torch.Tensor, lse: torch.Tensor, causal: bool, scale: float):
+    """Run the autotuned forward into o and lse; returns Triton's compiled kernel (None in the interpreter)."""
     B, H, T_q, D = q.shape
     H_kv, T_k = k.shape[1], k.shape[2]
-    o = torch.empty((B, H, T_q, D), dtype=q.dtype, device=q.device)
-    lse = torch.empty((B, H, T_q), dtype=torch.float32, device=q.device)
-    if o.numel() == 0:
-        return o, lse.fill_(float("inf"))
 
     def grid(meta):
         return (triton.cdiv(T_q, meta["BLOCK_M"]), B * H)
 
-    _forward_kernel[grid](
+    return _forward_kernel[grid](
         q, k, v, o, lse,
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2), o.stride(0), o.stride(1), o.stride(2), lse.stride(0), lse.stride(1),
         H, H // H_kv, T_q, T_k, bucket(T_q), bucket(T_k), scale * LOG2E,
         HEAD_DIM=D, CAUSAL=causal,
     )  # fmt: skip
+
+
+def attention_forward(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, scale: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Out (B, H, T_q, D) in q's dtype and LSE (B, H, T_q) fp32, natural log. Inputs already validated."""
+    B, H, T_q, D = q.shape
+    o = torch.empty((B, H, T_q, D), dtype=q.dtype, device=q.device)
+    lse = torch.empty((B, H, T_q), dtype=torch.float32, device=q.device)
+    if o.numel() == 0:
+        return o, lse.fill_(float("inf"))
+    launch_forward(q, k, v, o, lse, causal, scale)
     return o, lse
