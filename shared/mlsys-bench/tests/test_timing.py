@@ -32,7 +32,7 @@ def test_num_rotations_covers_twice_the_cache():
         num_rotations(0, 50)
 
 
-@pytest.mark.parametrize("kwargs", [{"warmup": -1}, {"repeats": 0}])
+@pytest.mark.parametrize("kwargs", [{"warmup": -1}, {"repeats": 0}, {"prime_cycles_per_call": -1}])
 def test_config_validation(kwargs):
     with pytest.raises(ValueError):
         TimingConfig(**kwargs)

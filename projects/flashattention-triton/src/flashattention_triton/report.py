@@ -210,8 +210,16 @@ def bench(ctx: BenchContext) -> None:
                          "set TRITON_INTERPRET=1")  # fmt: skip
     shape = sweep_shape(ctx.scale)
     errors = _check(ctx.device, DTYPES[shape["dtype"]], gpu)
-    timing = TimingConfig(warmup=10, repeats=30, flush_l2=True) if gpu else TimingConfig(warmup=1, repeats=2)
-    slow_timing = TimingConfig(warmup=2, repeats=5, flush_l2=True) if gpu else TimingConfig(warmup=0, repeats=1)
+    # ~0.5 ms of queued GPU spin per call: more than the host needs to dispatch one call (Python custom op,
+    # autotuner lookup, or the autograd engine's backward), so short sequences time the kernels, not dispatch
+    prime = 1_000_000
+    timing = (
+        TimingConfig(warmup=10, repeats=30, flush_l2=True, prime_cycles_per_call=prime)
+        if gpu
+        else TimingConfig(warmup=1, repeats=2)
+    )
+    slow_timing = (TimingConfig(warmup=2, repeats=5, flush_l2=True, prime_cycles_per_call=prime) if gpu
+                   else TimingConfig(warmup=0, repeats=1))  # fmt: skip
     rows = _sweep(ctx, shape, timing, slow_timing)
     method = "cuda-events" if gpu else "perf-counter"
     rec = ctx.record(

@@ -31,12 +31,17 @@ class TimingConfig:
     warmup: int = 10
     repeats: int = 100
     flush_l2: bool = False
+    # GPU spin queued ahead of the timed calls, per call: must exceed the host's time per call, or a short
+    # kernel is timed partly as host overhead (raise it for functions with Python-level dispatch)
+    prime_cycles_per_call: int = PRIME_CYCLES_PER_CALL
 
     def __post_init__(self) -> None:
         if self.warmup < 0:
             raise ValueError(f"warmup must be >= 0, got {self.warmup}")
         if self.repeats < 1:
             raise ValueError(f"repeats must be >= 1, got {self.repeats}")
+        if self.prime_cycles_per_call < 0:
+            raise ValueError(f"prime_cycles_per_call must be >= 0, got {self.prime_cycles_per_call}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -90,7 +95,7 @@ def time_gpu(
     ends = [torch.cuda.Event(enable_timing=True) for _ in range(config.repeats)]
     # Park the GPU on a spin kernel while the host enqueues every repeat: otherwise a short kernel's
     # start event fires at once and the interval measures the host's launch latency, not the kernel.
-    torch.cuda._sleep(min(PRIME_CYCLES_PER_CALL * config.repeats, PRIME_CYCLES_MAX))
+    torch.cuda._sleep(min(config.prime_cycles_per_call * config.repeats, PRIME_CYCLES_MAX))
     for i in range(config.repeats):
         if flush is not None:
             flush.fill_(i)  # a write of 2x L2 evicts whatever the last call left there
@@ -132,5 +137,5 @@ def time_fn(
     """time_gpu for a CUDA device, time_cpu otherwise (L2 flushing is dropped on the CPU)."""
     if device.type == "cuda":
         return time_gpu(fn, config=config, rotate=rotate, device=device)
-    cpu_config = TimingConfig(warmup=config.warmup, repeats=config.repeats, flush_l2=False)
+    cpu_config = TimingConfig(warmup=config.warmup, repeats=config.repeats, flush_l2=False, prime_cycles_per_call=0)
     return time_cpu(fn, config=cpu_config, rotate=rotate)
