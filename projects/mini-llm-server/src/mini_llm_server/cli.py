@@ -1,0 +1,36 @@
+"""`mini-llm-server generate`: run prompts through the engine from the command line."""
+
+from __future__ import annotations
+
+import argparse
+
+from tinyllm import registry
+from tinyllm.sampling import SamplingParams
+
+from mini_llm_server.config import EngineConfig
+from mini_llm_server.engine import LLMEngine
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="mini-llm-server", description="A small vLLM: continuous batching engine.")
+    sub = ap.add_subparsers(dest="command", required=True)
+    g = sub.add_parser("generate", help="generate completions for prompts with the engine")
+    g.add_argument("prompts", nargs="+")
+    g.add_argument("--model", default="tiny", help="a shared-model preset name or a checkpoint directory")
+    g.add_argument("--max-tokens", type=int, default=48)
+    g.add_argument("--temperature", type=float, default=0.0)
+    g.add_argument("--policy", default="continuous", choices=("continuous", "static", "fifo"))
+    args = ap.parse_args(argv)
+    model, tok = registry.load(args.model, train_if_missing=True)
+    if tok is None:
+        raise SystemExit(f"{args.model}: the checkpoint has no tokenizer.json; the command needs one for text prompts")
+    engine = LLMEngine(model, EngineConfig(policy=args.policy))
+    params = SamplingParams(temperature=args.temperature, max_new_tokens=args.max_tokens)
+    outs = engine.generate([tok.encode(p) for p in args.prompts], params)
+    for prompt, out in zip(args.prompts, outs, strict=True):
+        print(f"{prompt!r} -> {tok.decode(out)!r}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,35 @@
+"""The engine's configuration: one frozen dataclass, passed down explicitly."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+POLICIES = ("continuous", "static", "fifo")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EngineConfig:
+    block_size: int = 16  # tokens per KV block
+    num_blocks: int | None = None  # the KV pool's size in blocks; None: from kv_cache_bytes / memory fraction
+    kv_cache_bytes: int | None = None  # the pool's budget in bytes (the CPU default: 256 MiB)
+    gpu_memory_fraction: float = 0.9  # on a GPU with neither set: this fraction of free memory, after weights
+    max_num_seqs: int = 64  # sequences in the running batch at most
+    max_num_batched_tokens: int = 512  # tokens computed per step at most (the chunked-prefill budget)
+    enable_prefix_caching: bool = True
+    policy: str = "continuous"  # "continuous" (iteration-level), "static" (batch to completion), "fifo" (one)
+
+    def __post_init__(self) -> None:
+        if self.block_size < 1:
+            raise ValueError(f"block_size must be >= 1, got {self.block_size}")
+        if self.num_blocks is not None and self.num_blocks < 1:
+            raise ValueError(f"num_blocks must be >= 1, got {self.num_blocks}")
+        if self.kv_cache_bytes is not None and self.kv_cache_bytes < 1:
+            raise ValueError(f"kv_cache_bytes must be positive, got {self.kv_cache_bytes}")
+        if not 0.0 < self.gpu_memory_fraction <= 1.0:
+            raise ValueError(f"gpu_memory_fraction must be in (0, 1], got {self.gpu_memory_fraction}")
+        if self.max_num_seqs < 1:
+            raise ValueError(f"max_num_seqs must be >= 1, got {self.max_num_seqs}")
+        if self.max_num_batched_tokens < 1:
+            raise ValueError(f"max_num_batched_tokens must be >= 1, got {self.max_num_batched_tokens}")
+        if self.policy not in POLICIES:
+            raise ValueError(f"policy must be one of {', '.join(POLICIES)}, got {self.policy!r}")

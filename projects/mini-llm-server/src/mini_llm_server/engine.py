@@ -1,0 +1,208 @@
+"""The engine API the service and the benchmarks use: add a request, step, abort, read metrics.
+
+Each `step()` asks the scheduler what to run, runs one packed forward, samples one token for every
+sequence whose step reached its newest token, and returns what changed. Step time is split into
+schedule / forward / sample so a profile of the serving loop needs no profiler.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Callable
+from collections.abc import Sequence as Seq
+from dataclasses import dataclass
+
+import torch
+from tinyllm.model import Transformer
+from tinyllm.sampling import SamplingParams, make_generator, sample
+
+from mini_llm_server.block_manager import BlockManager
+from mini_llm_server.config import EngineConfig
+from mini_llm_server.model_runner import ModelRunner, kv_bytes_per_block
+from mini_llm_server.scheduler import Scheduler
+from mini_llm_server.sequence import Sequence, Status
+
+CPU_KV_BYTES = 256 * 2**20
+
+
+@dataclass(frozen=True, slots=True)
+class RequestOutput:
+    request_id: int
+    new_tokens: list[int]  # sampled this step
+    output: list[int]  # every token generated so far
+    finished: bool
+    finish_reason: str | None  # "stop", "length", "context", "abort", "timeout"
+
+
+def pool_blocks(model: Transformer, config: EngineConfig) -> int:
+    """The KV pool's size: given, or the byte budget over one block's bytes (all layers, K and V)."""
+    if config.num_blocks is not None:
+        return config.num_blocks
+    per_block = kv_bytes_per_block(model, config.block_size)
+    device = model.lm_head.weight.device
+    if config.kv_cache_bytes is not None:
+        budget = config.kv_cache_bytes
+    elif device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        budget = int(free * config.gpu_memory_fraction)
+    else:
+        budget = CPU_KV_BYTES
+    if budget < per_block:
+        raise ValueError(f"a KV budget of {budget} bytes is less than one block ({per_block} bytes)")
+    return budget // per_block
+
+
+class LLMEngine:
+    def __init__(
+        self, model: Transformer, config: EngineConfig | None = None, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        config = config or EngineConfig()
+        self.model, self.config, self.clock = model, config, clock
+        num_blocks = pool_blocks(model, config)
+        self.blocks = BlockManager(num_blocks, config.block_size, config.enable_prefix_caching)
+        self.scheduler = Scheduler(config, self.blocks)
+        self.runner = ModelRunner(model, num_blocks, config.block_size)
+        self.seqs: dict[int, Sequence] = {}
+        self._ids = itertools.count()
+        self._done_at_add: list[RequestOutput] = []
+        self.step_seconds = {"schedule": 0.0, "forward": 0.0, "sample": 0.0}
+        self.num_steps = self.tokens_computed = self.tokens_generated = 0
+        self.peak_live_fraction = 0.0
+
+    # -- requests ------------------------------------------------------------------------------------------
+
+    def add_request(
+        self, prompt: Seq[int], params: SamplingParams, *, priority: int = 0, timeout: float | None = None
+    ) -> int:
+        """Queue a request; returns its id. Raises ValueError naming what is wrong with it."""
+        cfg = self.model.cfg
+        prompt = list(prompt)
+        if not prompt:
+            raise ValueError("prompt: needs at least one token")
+        if any(not 0 <= t < cfg.vocab_size for t in prompt):
+            raise ValueError(f"prompt: token ids must be in [0, {cfg.vocab_size})")
+        if len(prompt) >= cfg.max_seq_len:
+            raise ValueError(
+                f"prompt: {len(prompt)} tokens leave no room in the model's {cfg.max_seq_len}-token context"
+            )
+        total = min(len(prompt) + params.max_new_tokens, cfg.max_seq_len)
+        if -(-total // self.config.block_size) > self.blocks.num_blocks:
+            raise ValueError(f"request needs {total} tokens of KV cache, more than the whole pool holds "
+                             f"({self.blocks.num_blocks} blocks of {self.config.block_size})")  # fmt: skip
+        if timeout is not None and timeout <= 0:
+            raise ValueError(f"timeout must be positive, got {timeout}")
+        now = self.clock()
+        seq = Sequence(seq_id=next(self._ids), prompt=prompt, params=params, arrival=now, priority=priority,
+                       deadline=None if timeout is None else now + timeout,
+                       generator=make_generator(params, self.runner.device))  # fmt: skip
+        self.seqs[seq.seq_id] = seq
+        if params.max_new_tokens == 0:
+            self._finish(seq, "length")
+            self._done_at_add.append(RequestOutput(seq.seq_id, [], [], True, "length"))
+        else:
+            self.scheduler.add(seq)
+        return seq.seq_id
+
+    def abort(self, request_id: int) -> bool:
+        """End a request now, freeing its blocks; False if it is unknown or already finished."""
+        seq = self.seqs.get(request_id)
+        if seq is None or seq.finished:
+            return False
+        self._finish(seq, "abort")
+        return True
+
+    def _finish(self, seq: Sequence, reason: str) -> None:
+        self.scheduler.remove(seq)
+        seq.status, seq.finish_reason = Status.FINISHED, reason
+        self.seqs.pop(seq.seq_id, None)
+
+    def has_unfinished(self) -> bool:
+        return self.scheduler.has_work() or bool(self._done_at_add)
+
+    # -- the loop ------------------------------------------------------------------------------------------
+
+    # excerpt: step
+    def step(self) -> list[RequestOutput]:
+        outputs, self._done_at_add = self._done_at_add, []
+        t0 = time.perf_counter()
+        schedule = self.scheduler.schedule(self.clock())
+        for seq in schedule.timed_out:
+            seq.status, seq.finish_reason = Status.FINISHED, "timeout"
+            self.seqs.pop(seq.seq_id, None)
+            outputs.append(RequestOutput(seq.seq_id, [], list(seq.output), True, "timeout"))
+        t1 = time.perf_counter()
+        if not schedule.seqs:
+            self.step_seconds["schedule"] += t1 - t0
+            return outputs
+        self.runner.copy_blocks(schedule.copies)
+        logits = self.runner.execute(schedule.seqs)
+        t2 = time.perf_counter()
+        for item in schedule.seqs:
+            item.seq.num_computed = item.start + item.num_tokens
+            self.blocks.commit(item.seq)
+        self._account(schedule.num_tokens)
+        row = 0
+        for item in schedule.seqs:
+            seq = item.seq
+            if not item.samples:
+                continue  # a prompt chunk short of the end: nothing to sample yet
+            token = int(sample(logits[row : row + 1], seq.params, seq.generator)[0])
+            row += 1
+            seq.output.append(token)
+            self.tokens_generated += 1
+            reason = self._stop_reason(seq, token)
+            if reason:
+                self._finish(seq, reason)
+            outputs.append(RequestOutput(seq.seq_id, [token], list(seq.output), reason is not None, reason))
+        t3 = time.perf_counter()
+        for key, dt in zip(("schedule", "forward", "sample"), (t1 - t0, t2 - t1, t3 - t2), strict=True):
+            self.step_seconds[key] += dt
+        return outputs
+
+    # end-excerpt
+
+    def _stop_reason(self, seq: Sequence, token: int) -> str | None:
+        if token in seq.params.stop_token_ids:
+            return "stop"
+        if len(seq.output) >= seq.params.max_new_tokens:
+            return "length"
+        if seq.num_tokens >= self.model.cfg.max_seq_len:
+            return "context"
+        return None
+
+    def _account(self, num_tokens: int) -> None:
+        self.num_steps += 1
+        self.tokens_computed += num_tokens
+        used = self.blocks.stats().used
+        if used:  # how full the blocks in use are: tokens with K/V over the slots they hold
+            live = sum(s.num_computed for s in self.scheduler.running)
+            self.peak_live_fraction = max(self.peak_live_fraction, live / (used * self.config.block_size))
+
+    def generate(self, prompts: Seq[Seq[int]], params: SamplingParams) -> list[list[int]]:
+        """Run prompts to completion through the scheduler; the new tokens of each, in order."""
+        ids = [self.add_request(p, params) for p in prompts]
+        results: dict[int, list[int]] = {}
+        while self.has_unfinished():
+            for out in self.step():
+                if out.finished:
+                    results[out.request_id] = out.output
+        return [results[i] for i in ids]
+
+    def metrics(self) -> dict[str, float | int]:
+        stats = self.blocks.stats()
+        return {
+            "waiting": len(self.scheduler.waiting),
+            "running": len(self.scheduler.running),
+            "kv_blocks_total": stats.num_blocks,
+            "kv_blocks_used": stats.used,
+            "kv_blocks_free": stats.free + stats.evictable,
+            "kv_blocks_cached": stats.evictable,
+            "preemptions": self.scheduler.num_preemptions,
+            "prefix_cache_hit_rate": self.blocks.prefix_hits / max(self.blocks.prefix_queries, 1),
+            "steps": self.num_steps,
+            "tokens_computed": self.tokens_computed,
+            "tokens_generated": self.tokens_generated,
+            "peak_kv_live_fraction": self.peak_live_fraction,
+            **{f"{k}_seconds": v for k, v in self.step_seconds.items()},
+        }

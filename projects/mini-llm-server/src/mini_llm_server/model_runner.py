@@ -1,0 +1,86 @@
+"""Runs the shared reference model's weights over a paged KV cache.
+
+One step is one forward over every scheduled token, packed into a single (N, C) batch whatever mix of
+prompt chunks and decode tokens it holds: the projections and the MLP see one big matrix, and only
+attention looks at sequences one by one, reading each one's K/V through its block table. The KV pool is
+two tensors per model, (layers, blocks, block_size, kv_heads, head_dim), allocated once.
+"""
+
+from __future__ import annotations
+
+import torch
+from tinyllm.model import Transformer, apply_rope, sdpa_attention
+
+from mini_llm_server.scheduler import ScheduledSeq
+
+
+def kv_bytes_per_block(model: Transformer, block_size: int) -> int:
+    cfg, p = model.cfg, model.lm_head.weight
+    return 2 * cfg.n_layers * block_size * cfg.n_kv_heads * cfg.hd * p.element_size()
+
+
+class ModelRunner:
+    def __init__(self, model: Transformer, num_blocks: int, block_size: int) -> None:
+        self.model, self.block_size, self.num_blocks = model.eval(), block_size, num_blocks
+        cfg, p = model.cfg, model.lm_head.weight
+        shape = (cfg.n_layers, num_blocks, block_size, cfg.n_kv_heads, cfg.hd)
+        self.k_cache = torch.zeros(shape, dtype=p.dtype, device=p.device)
+        self.v_cache = torch.zeros(shape, dtype=p.dtype, device=p.device)
+        self.device = p.device
+
+    def copy_blocks(self, copies: list[tuple[int, int]]) -> None:
+        """Copy-on-write: duplicate shared blocks before a sequence writes into its private copy."""
+        if copies:
+            src = torch.tensor([s for s, _ in copies], device=self.device)
+            dst = torch.tensor([d for _, d in copies], device=self.device)
+            self.k_cache[:, dst] = self.k_cache[:, src]
+            self.v_cache[:, dst] = self.v_cache[:, src]
+
+    def _slots(self, item: ScheduledSeq) -> list[int]:
+        bs, table = self.block_size, item.seq.block_table
+        return [table[p // bs] * bs + p % bs for p in range(item.start, item.start + item.num_tokens)]
+
+    # excerpt: execute
+    @torch.no_grad()
+    def execute(self, batch: list[ScheduledSeq]) -> torch.Tensor:
+        """Compute K/V for every scheduled token and return next-token logits (one row per item whose
+        step reaches its newest token, in batch order)."""
+        model, cfg = self.model, self.model.cfg
+        tokens = torch.tensor([t for it in batch for t in it.seq.tokens[it.start : it.start + it.num_tokens]],
+                              device=self.device)  # fmt: skip
+        positions = torch.tensor([p for it in batch for p in range(it.start, it.start + it.num_tokens)],
+                                 device=self.device)  # fmt: skip
+        slots = torch.tensor([s for it in batch for s in self._slots(it)], device=self.device)
+        x = model.embed_tokens(tokens)  # (N, C)
+        cos, sin = model.rotary(positions, x.dtype)  # (N, D)
+        cos, sin = cos[:, None], sin[:, None]  # broadcast over heads
+        H, K, D = cfg.n_heads, cfg.n_kv_heads, cfg.hd
+        for i, layer in enumerate(model.layers):
+            attn, h = layer.self_attn, layer.input_layernorm(x)
+            q = apply_rope(attn.q_proj(h).view(-1, H, D), cos, sin)
+            k = apply_rope(attn.k_proj(h).view(-1, K, D), cos, sin)
+            v = attn.v_proj(h).view(-1, K, D)
+            self.k_cache[i].view(-1, K, D)[slots] = k
+            self.v_cache[i].view(-1, K, D)[slots] = v
+            out, offset = [], 0
+            for it in batch:  # each sequence attends to its own cached positions 0 .. start + num_tokens
+                q_seq = q[offset : offset + it.num_tokens].transpose(0, 1)[None]  # (1, H, T, D)
+                k_seq, v_seq = self._gather(i, it)
+                out.append(sdpa_attention(q_seq, k_seq, v_seq, causal=True, scale=D**-0.5)[0].transpose(0, 1))
+                offset += it.num_tokens
+            x = x + attn.o_proj(torch.cat(out).reshape(-1, H * D))
+            x = x + layer.mlp(layer.post_attention_layernorm(x))
+        ends = torch.tensor([sum(b.num_tokens for b in batch[: j + 1]) - 1 for j, it in enumerate(batch)
+                             if it.samples], device=self.device, dtype=torch.long)  # fmt: skip
+        return model.lm_head(model.norm(x[ends]))
+
+    # end-excerpt
+
+    def _gather(self, layer: int, item: ScheduledSeq) -> tuple[torch.Tensor, torch.Tensor]:
+        """(1, K, S, D) keys and values of positions 0 .. S-1 of one sequence, S = start + num_tokens."""
+        S = item.start + item.num_tokens
+        blocks = torch.tensor(item.seq.block_table[: -(-S // self.block_size)], device=self.device)
+        K, D = self.model.cfg.n_kv_heads, self.model.cfg.hd
+        k = self.k_cache[layer, blocks].reshape(-1, K, D)[:S]
+        v = self.v_cache[layer, blocks].reshape(-1, K, D)[:S]
+        return k.transpose(0, 1)[None], v.transpose(0, 1)[None]

@@ -1,0 +1,126 @@
+"""Which sequences run this step, and how many of their tokens.
+
+Continuous (iteration-level) batching: every step, running sequences get their next token first (decode
+is latency-critical and costs one token of budget each), then the token budget left over admits waiting
+sequences, a prompt that does not fit being computed in chunks across steps (chunked prefill) so a long
+prompt never stalls everyone's decode. Waiting sequences are taken by (priority, arrival). When the KV
+pool runs out, the lowest-priority, latest-arrived running sequence is preempted: its blocks are freed
+and it goes back to the queue to be recomputed later (its prefix may still be cached).
+
+Two baselines share the machinery: "static" forms a batch and runs it to completion before admitting
+anything else, "fifo" runs one request at a time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from mini_llm_server.block_manager import BlockManager
+from mini_llm_server.config import EngineConfig
+from mini_llm_server.sequence import Sequence, Status
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduledSeq:
+    seq: Sequence
+    start: int  # first position computed this step
+    num_tokens: int  # positions start .. start + num_tokens - 1
+
+    @property
+    def samples(self) -> bool:
+        """Whether this step reaches the sequence's newest token, so its logits yield a new token."""
+        return self.start + self.num_tokens == self.seq.num_tokens
+
+
+@dataclass(slots=True)
+class Schedule:
+    seqs: list[ScheduledSeq] = field(default_factory=list)
+    copies: list[tuple[int, int]] = field(default_factory=list)  # copy-on-write block copies to do first
+    preempted: list[Sequence] = field(default_factory=list)
+    timed_out: list[Sequence] = field(default_factory=list)
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(s.num_tokens for s in self.seqs)
+
+
+class Scheduler:
+    def __init__(self, config: EngineConfig, blocks: BlockManager) -> None:
+        self.config, self.blocks = config, blocks
+        self.waiting: list[Sequence] = []
+        self.running: list[Sequence] = []
+        self.num_preemptions = 0
+
+    def add(self, seq: Sequence) -> None:
+        seq.status = Status.WAITING
+        self.waiting.append(seq)
+
+    def remove(self, seq: Sequence) -> None:
+        """Take a sequence out of the queues and give its blocks back at once (finish or abort)."""
+        if seq in self.running:
+            self.running.remove(seq)
+        if seq in self.waiting:
+            self.waiting.remove(seq)
+        self.blocks.free(seq)
+
+    def has_work(self) -> bool:
+        return bool(self.waiting or self.running)
+
+    def _preempt(self, seq: Sequence, schedule: Schedule) -> None:
+        self.running.remove(seq)
+        self.blocks.free(seq)
+        seq.status, seq.num_computed = Status.WAITING, 0
+        seq.num_preemptions += 1
+        self.num_preemptions += 1
+        self.waiting.append(seq)
+        schedule.preempted.append(seq)
+
+    # excerpt: schedule
+    def schedule(self, now: float) -> Schedule:
+        schedule = Schedule()
+        for seq in [s for s in self.waiting + self.running if s.deadline is not None and now > s.deadline]:
+            self.remove(seq)
+            schedule.timed_out.append(seq)
+        budget = self.config.max_num_batched_tokens
+        # 1. running sequences, most important first; preempt from the back of the line when blocks run out
+        self.running.sort(key=lambda s: (s.priority, s.arrival))
+        i = 0
+        while i < len(self.running) and budget > 0:
+            seq = self.running[i]
+            n = min(seq.num_tokens - seq.num_computed, budget)
+            copies = self.blocks.reserve(seq, seq.num_computed + n)
+            while copies is None and self.running[-1] is not seq:
+                self._preempt(self.running[-1], schedule)
+                copies = self.blocks.reserve(seq, seq.num_computed + n)
+            if copies is None:  # it is the last one left: recompute it later
+                self._preempt(seq, schedule)
+                continue
+            schedule.copies += copies
+            schedule.seqs.append(ScheduledSeq(seq, seq.num_computed, n))
+            budget -= n
+            i += 1
+        # 2. waiting sequences, while budget, batch slots and blocks last
+        if self.config.policy == "static" and self.running:
+            return schedule  # the current batch runs to completion first
+        limit = 1 if self.config.policy == "fifo" else self.config.max_num_seqs
+        self.waiting.sort(key=lambda s: (s.priority, s.arrival))
+        static = self.config.policy == "static"  # a static batch is formed whole; its prompts fill in over steps
+        while self.waiting and (budget > 0 or static) and len(self.running) < limit and not schedule.preempted:
+            seq = self.waiting[0]
+            self.blocks.admit(seq)
+            n = min(seq.num_tokens - seq.num_computed, budget)
+            copies = self.blocks.reserve(seq, seq.num_computed + n)
+            if copies is None:
+                self.blocks.free(seq)
+                seq.num_computed = 0
+                break
+            self.waiting.pop(0)
+            seq.status = Status.RUNNING
+            self.running.append(seq)
+            schedule.copies += copies
+            if n:
+                schedule.seqs.append(ScheduledSeq(seq, seq.num_computed, n))
+            budget -= n
+        return schedule
+
+    # end-excerpt

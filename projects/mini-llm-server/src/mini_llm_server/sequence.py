@@ -1,0 +1,52 @@
+"""One request's state inside the engine: its tokens, how many of them have KV in the cache, its block
+table, and why it finished."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+import torch
+from tinyllm.sampling import SamplingParams
+
+
+class Status(enum.Enum):
+    WAITING = "waiting"  # queued; holds no blocks (new, or preempted and to be recomputed)
+    RUNNING = "running"  # in the batch; holds blocks
+    FINISHED = "finished"
+
+
+@dataclass(eq=False, kw_only=True)
+class Sequence:
+    seq_id: int
+    prompt: list[int]
+    params: SamplingParams
+    arrival: float
+    priority: int = 0  # lower runs first
+    deadline: float | None = None  # engine clock time after which the request is ended with "timeout"
+    output: list[int] = field(default_factory=list)
+    status: Status = Status.WAITING
+    block_table: list[int] = field(default_factory=list)
+    num_computed: int = 0  # leading tokens whose K/V are in the cache
+    num_cached: int = 0  # of the prompt, tokens found in the prefix cache at admission
+    finish_reason: str | None = None  # "stop", "length", "context", "abort", "timeout"
+    generator: torch.Generator | None = None
+    num_preemptions: int = 0
+    first_token_time: float | None = None
+
+    @property
+    def tokens(self) -> list[int]:
+        return self.prompt + self.output
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.prompt) + len(self.output)
+
+    @property
+    def finished(self) -> bool:
+        return self.status is Status.FINISHED
+
+    @property
+    def in_prefill(self) -> bool:
+        """True while tokens other than the newest sampled one still lack K/V (prompt, or after preemption)."""
+        return self.num_computed < self.num_tokens - 1

@@ -1,0 +1,173 @@
+"""The engine against the definition: greedy output under every scheduling feature must be token-identical
+to generating each request alone with the shared model (fp32, CPU, a small random model)."""
+
+import asyncio
+
+import pytest
+import torch
+from mini_llm_server import EngineConfig, LLMEngine
+from mini_llm_server.async_engine import AsyncEngine
+from tinyllm.config import ModelConfig
+from tinyllm.generate import generate
+from tinyllm.model import Transformer
+from tinyllm.sampling import SamplingParams
+
+GREEDY = SamplingParams(temperature=0.0, max_new_tokens=12)
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=128, dim=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=128, max_seq_len=128)
+    m = Transformer(cfg).eval()
+    m.reset_parameters(std=0.2)  # larger weights than init: sharper logits, so greedy ties are unlikely
+    return m
+
+
+def _prompts(n, seed=0, shared_prefix=0):
+    g = torch.Generator().manual_seed(seed)
+    prefix = torch.randint(0, 128, (shared_prefix,), generator=g).tolist()
+    lengths = torch.randint(1, 40, (n,), generator=g).tolist()
+    return [prefix + torch.randint(0, 128, (k,), generator=g).tolist() for k in lengths]
+
+
+def _alone(model, prompts, params=GREEDY):
+    return [generate(model, [p], params).tokens[0] for p in prompts]
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        EngineConfig(num_blocks=256, block_size=4, max_num_batched_tokens=512),  # continuous, whole prompts
+        EngineConfig(num_blocks=256, block_size=4, max_num_batched_tokens=7),  # chunked prefill every step
+        EngineConfig(num_blocks=256, block_size=8, policy="static", max_num_seqs=4, max_num_batched_tokens=16),
+        EngineConfig(num_blocks=256, block_size=8, policy="fifo"),
+        EngineConfig(num_blocks=256, block_size=4, enable_prefix_caching=False),
+    ],
+    ids=["continuous", "chunked", "static", "fifo", "no-prefix-cache"],
+)
+def test_greedy_output_matches_one_request_at_a_time(model, config):
+    prompts = _prompts(9, seed=1)
+    engine = LLMEngine(model, config)
+    assert engine.generate(prompts, GREEDY) == _alone(model, prompts)
+    assert engine.metrics()["kv_blocks_used"] == 0  # everything freed at the end
+
+
+def test_prefix_caching_reuses_blocks_and_stays_identical(model):
+    prompts = _prompts(6, seed=2, shared_prefix=24)
+    prompts.append(list(prompts[0]))  # an exact repeat: a whole-prompt hit that must copy-on-write
+    engine = LLMEngine(model, EngineConfig(num_blocks=256, block_size=4, max_num_batched_tokens=64))
+    first = engine.generate(prompts[:1], GREEDY)
+    rest = engine.generate(prompts[1:], GREEDY)
+    assert first + rest == _alone(model, prompts)
+    m = engine.metrics()
+    assert m["prefix_cache_hit_rate"] > 0.4, m
+
+
+def test_preemption_under_a_small_pool_stays_identical(model):
+    prompts = _prompts(8, seed=3)
+    # 24 blocks of 4 = 96 slots for 8 requests of up to ~51 tokens: the pool runs out and running
+    # sequences are preempted and recomputed
+    engine = LLMEngine(model, EngineConfig(num_blocks=24, block_size=4, max_num_batched_tokens=64))
+    assert engine.generate(prompts, GREEDY) == _alone(model, prompts)
+    assert engine.metrics()["preemptions"] > 0
+    engine.blocks.check_invariants([])
+
+
+def test_seeded_sampling_is_reproducible_under_batching(model):
+    params = SamplingParams(temperature=0.8, top_k=20, top_p=0.9, seed=7, max_new_tokens=10)
+    prompts = _prompts(5, seed=4)
+    solo = [LLMEngine(model, EngineConfig(num_blocks=64)).generate([p], params)[0] for p in prompts]
+    batched = LLMEngine(model, EngineConfig(num_blocks=256, max_num_batched_tokens=9)).generate(prompts, params)
+    assert batched == solo
+
+
+def test_stop_tokens_and_limits(model):
+    prompt = _prompts(1, seed=5)[0]
+    free_run = _alone(model, [prompt])[0]
+    stop = free_run[3]
+    engine = LLMEngine(model, EngineConfig(num_blocks=64))
+    out = engine.generate([prompt], SamplingParams(temperature=0.0, max_new_tokens=12, stop_token_ids=(stop,)))[0]
+    assert out == free_run[: free_run.index(stop) + 1]
+    assert engine.generate([prompt], SamplingParams(temperature=0.0, max_new_tokens=0)) == [[]]
+    long = list(range(120))  # context 128: stops at the model's limit
+    rid = engine.add_request(long, SamplingParams(temperature=0.0, max_new_tokens=50))
+    reasons = [o.finish_reason for _ in range(30) for o in engine.step() if o.request_id == rid and o.finished]
+    assert reasons == ["context"]
+
+
+def test_abort_frees_blocks_at_once(model):
+    engine = LLMEngine(model, EngineConfig(num_blocks=64, block_size=4))
+    ids = [engine.add_request(p, GREEDY) for p in _prompts(3, seed=6)]
+    engine.step()
+    assert engine.metrics()["kv_blocks_used"] > 0
+    for i in ids:
+        assert engine.abort(i)
+    assert not engine.abort(ids[0])  # already finished
+    assert engine.metrics()["kv_blocks_used"] == 0 and not engine.has_unfinished()
+    engine.blocks.check_invariants([])
+
+
+def test_deadline_ends_a_request(model):
+    now = [0.0]
+    engine = LLMEngine(model, EngineConfig(num_blocks=64), clock=lambda: now[0])
+    rid = engine.add_request([1, 2, 3], GREEDY, timeout=5.0)
+    engine.step()
+    now[0] = 6.0
+    outs = engine.step()
+    assert [(o.request_id, o.finish_reason) for o in outs] == [(rid, "timeout")]
+    assert engine.metrics()["kv_blocks_used"] == 0
+
+
+def test_priorities_order_admission(model):
+    engine = LLMEngine(model, EngineConfig(num_blocks=64, policy="fifo"))
+    low = engine.add_request([1, 2, 3], SamplingParams(temperature=0.0, max_new_tokens=2), priority=5)
+    high = engine.add_request([4, 5, 6], SamplingParams(temperature=0.0, max_new_tokens=2), priority=0)
+    order = [o.request_id for _ in range(10) for o in engine.step() if o.finished]
+    assert order == [high, low]
+
+
+@pytest.mark.parametrize(
+    "prompt, params, message",
+    [
+        ([], GREEDY, "at least one token"),
+        ([500], GREEDY, r"token ids must be in \[0, 128\)"),
+        (list(range(128)), GREEDY, "no room"),
+        ([1] * 60, SamplingParams(max_new_tokens=60), "more than the whole pool"),
+    ],
+)
+def test_bad_requests_are_refused_by_name(model, prompt, params, message):
+    engine = LLMEngine(model, EngineConfig(num_blocks=16, block_size=4))
+    with pytest.raises(ValueError, match=message):
+        engine.add_request(prompt, params)
+
+
+def test_stream_yields_tokens_and_cancelling_aborts(model):
+    engine = LLMEngine(model, EngineConfig(num_blocks=64, block_size=4))
+    streamer = AsyncEngine(engine)
+    prompts = _prompts(2, seed=8)
+
+    async def consume(prompt, stop_after=None):
+        got = []
+        async for out in streamer.stream(prompt, GREEDY):
+            got += out.new_tokens
+            if stop_after is not None and len(got) == stop_after:
+                break  # the client goes away mid-stream
+        return got
+
+    async def main():
+        return await asyncio.gather(consume(prompts[0]), consume(prompts[1], stop_after=3))
+
+    full, cut = asyncio.run(main())
+    expected = _alone(model, prompts)
+    assert full == expected[0] and cut == expected[1][:3]
+    assert engine.metrics()["kv_blocks_used"] == 0 and not engine.has_unfinished()
+
+
+def test_prefix_cache_keys_a_block_by_everything_before_it(model):
+    # the same 4 tokens at a different position are a different block: their K/V carry other positions
+    a, b = [5, 6, 7, 8], [9, 10, 11, 12]
+    prompts = [a + b + [1], b + a + [2], a + a + [3]]
+    engine = LLMEngine(model, EngineConfig(num_blocks=64, block_size=4))
+    got = [engine.generate([p], GREEDY)[0] for p in prompts]
+    assert got == _alone(model, prompts)
