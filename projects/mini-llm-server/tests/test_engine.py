@@ -43,8 +43,9 @@ def _alone(model, prompts, params=GREEDY):
         EngineConfig(num_blocks=256, block_size=8, policy="static", max_num_seqs=4, max_num_batched_tokens=16),
         EngineConfig(num_blocks=256, block_size=8, policy="fifo"),
         EngineConfig(num_blocks=256, block_size=4, enable_prefix_caching=False),
+        EngineConfig(num_blocks=256, block_size=4, max_num_batched_tokens=7, attention_backend="triton"),
     ],
-    ids=["continuous", "chunked", "static", "fifo", "no-prefix-cache"],
+    ids=["continuous", "chunked", "static", "fifo", "no-prefix-cache", "paged-kernel"],
 )
 def test_greedy_output_matches_one_request_at_a_time(model, config):
     prompts = _prompts(9, seed=1)
@@ -64,11 +65,13 @@ def test_prefix_caching_reuses_blocks_and_stays_identical(model):
     assert m["prefix_cache_hit_rate"] > 0.4, m
 
 
-def test_preemption_under_a_small_pool_stays_identical(model):
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_preemption_under_a_small_pool_stays_identical(model, backend):
     prompts = _prompts(8, seed=3)
     # 24 blocks of 4 = 96 slots for 8 requests of up to ~51 tokens: the pool runs out and running
     # sequences are preempted and recomputed
-    engine = LLMEngine(model, EngineConfig(num_blocks=24, block_size=4, max_num_batched_tokens=64))
+    config = EngineConfig(num_blocks=24, block_size=4, max_num_batched_tokens=64, attention_backend=backend)
+    engine = LLMEngine(model, config)
     assert engine.generate(prompts, GREEDY) == _alone(model, prompts)
     assert engine.metrics()["preemptions"] > 0
     engine.blocks.check_invariants([])

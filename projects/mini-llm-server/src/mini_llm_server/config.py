@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 POLICIES = ("continuous", "static", "fifo")
+ATTENTION_BACKENDS = ("auto", "triton", "torch")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -17,6 +18,8 @@ class EngineConfig:
     max_num_batched_tokens: int = 512  # tokens computed per step at most (the chunked-prefill budget)
     enable_prefix_caching: bool = True
     policy: str = "continuous"  # "continuous" (iteration-level), "static" (batch to completion), "fifo" (one)
+    # decode attention: "triton" (the paged kernel), "torch" (gather + SDPA), "auto" (triton on CUDA)
+    attention_backend: str = "auto"
 
     def __post_init__(self) -> None:
         if self.block_size < 1:
@@ -31,5 +34,9 @@ class EngineConfig:
             raise ValueError(f"max_num_seqs must be >= 1, got {self.max_num_seqs}")
         if self.max_num_batched_tokens < 1:
             raise ValueError(f"max_num_batched_tokens must be >= 1, got {self.max_num_batched_tokens}")
+        if self.attention_backend not in ATTENTION_BACKENDS:
+            raise ValueError(
+                f"attention_backend must be one of {', '.join(ATTENTION_BACKENDS)}, got {self.attention_backend!r}"
+            )
         if self.policy not in POLICIES:
             raise ValueError(f"policy must be one of {', '.join(POLICIES)}, got {self.policy!r}")

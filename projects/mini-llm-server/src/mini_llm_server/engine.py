@@ -62,7 +62,9 @@ class LLMEngine:
         num_blocks = pool_blocks(model, config)
         self.blocks = BlockManager(num_blocks, config.block_size, config.enable_prefix_caching)
         self.scheduler = Scheduler(config, self.blocks)
-        self.runner = ModelRunner(model, num_blocks, config.block_size)
+        backend = config.attention_backend
+        paged = backend == "triton" or (backend == "auto" and model.lm_head.weight.device.type == "cuda")
+        self.runner = ModelRunner(model, num_blocks, config.block_size, paged_kernel=paged)
         self.seqs: dict[int, Sequence] = {}
         self._ids = itertools.count()
         self._done_at_add: list[RequestOutput] = []

@@ -3,7 +3,9 @@
 One step is one forward over every scheduled token, packed into a single (N, C) batch whatever mix of
 prompt chunks and decode tokens it holds: the projections and the MLP see one big matrix, and only
 attention looks at sequences one by one, reading each one's K/V through its block table. The KV pool is
-two tensors per model, (layers, blocks, block_size, kv_heads, head_dim), allocated once.
+two tensors per model, (layers, blocks, block_size, kv_heads, head_dim), allocated once. Sequences
+decoding one token go through the paged Triton kernel in one launch per layer (when enabled); prompt
+chunks gather their blocks and use SDPA.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import torch
 from tinyllm.model import Transformer, apply_rope, sdpa_attention
 
+from mini_llm_server.paged_attention import paged_decode_attention
 from mini_llm_server.scheduler import ScheduledSeq
 
 
@@ -20,8 +23,9 @@ def kv_bytes_per_block(model: Transformer, block_size: int) -> int:
 
 
 class ModelRunner:
-    def __init__(self, model: Transformer, num_blocks: int, block_size: int) -> None:
+    def __init__(self, model: Transformer, num_blocks: int, block_size: int, paged_kernel: bool = False) -> None:
         self.model, self.block_size, self.num_blocks = model.eval(), block_size, num_blocks
+        self.paged_kernel = paged_kernel
         cfg, p = model.cfg, model.lm_head.weight
         shape = (cfg.n_layers, num_blocks, block_size, cfg.n_kv_heads, cfg.hd)
         self.k_cache = torch.zeros(shape, dtype=p.dtype, device=p.device)
@@ -55,6 +59,7 @@ class ModelRunner:
         cos, sin = model.rotary(positions, x.dtype)  # (N, D)
         cos, sin = cos[:, None], sin[:, None]  # broadcast over heads
         H, K, D = cfg.n_heads, cfg.n_kv_heads, cfg.hd
+        decode = self._decode_inputs(batch)
         for i, layer in enumerate(model.layers):
             attn, h = layer.self_attn, layer.input_layernorm(x)
             q = apply_rope(attn.q_proj(h).view(-1, H, D), cos, sin)
@@ -62,19 +67,49 @@ class ModelRunner:
             v = attn.v_proj(h).view(-1, K, D)
             self.k_cache[i].view(-1, K, D)[slots] = k
             self.v_cache[i].view(-1, K, D)[slots] = v
-            out, offset = [], 0
-            for it in batch:  # each sequence attends to its own cached positions 0 .. start + num_tokens
-                q_seq = q[offset : offset + it.num_tokens].transpose(0, 1)[None]  # (1, H, T, D)
-                k_seq, v_seq = self._gather(i, it)
-                out.append(sdpa_attention(q_seq, k_seq, v_seq, causal=True, scale=D**-0.5)[0].transpose(0, 1))
-                offset += it.num_tokens
-            x = x + attn.o_proj(torch.cat(out).reshape(-1, H * D))
+            attn_out = self._attention(i, q, batch, decode)
+            x = x + attn.o_proj(attn_out.reshape(-1, H * D))
             x = x + layer.mlp(layer.post_attention_layernorm(x))
         ends = torch.tensor([sum(b.num_tokens for b in batch[: j + 1]) - 1 for j, it in enumerate(batch)
                              if it.samples], device=self.device, dtype=torch.long)  # fmt: skip
         return model.lm_head(model.norm(x[ends]))
 
     # end-excerpt
+
+    def _decode_inputs(self, batch: list[ScheduledSeq]):
+        """Rows, padded block tables and lengths of the one-token items, for the paged kernel (or None)."""
+        if not self.paged_kernel:
+            return None
+        rows, offset = [], 0
+        for j, it in enumerate(batch):
+            if it.num_tokens == 1:
+                rows.append((j, offset))
+            offset += it.num_tokens
+        if not rows:
+            return None
+        tables = [batch[j].seq.block_table for j, _ in rows]
+        width = max(len(t) for t in tables)
+        padded = torch.tensor([t + [0] * (width - len(t)) for t in tables], dtype=torch.int32, device=self.device)
+        lens = torch.tensor([batch[j].start + 1 for j, _ in rows], dtype=torch.int32, device=self.device)
+        return {j for j, _ in rows}, torch.tensor([o for _, o in rows], device=self.device), padded, lens
+
+    def _attention(self, layer: int, q: torch.Tensor, batch: list[ScheduledSeq], decode) -> torch.Tensor:
+        """(N, H, D) attention output of every scheduled token, each sequence over its own cached positions."""
+        D = q.shape[-1]
+        out = torch.empty_like(q)
+        paged = set()
+        if decode is not None:
+            paged, rows, tables, lens = decode
+            out[rows] = paged_decode_attention(q[rows], self.k_cache[layer], self.v_cache[layer], tables, lens, D**-0.5)
+        offset = 0
+        for j, it in enumerate(batch):
+            if j not in paged:
+                q_seq = q[offset : offset + it.num_tokens].transpose(0, 1)[None]  # (1, H, T, D)
+                k_seq, v_seq = self._gather(layer, it)
+                out[offset : offset + it.num_tokens] = sdpa_attention(q_seq, k_seq, v_seq, causal=True,
+                                                                      scale=D**-0.5)[0].transpose(0, 1)  # fmt: skip
+            offset += it.num_tokens
+        return out
 
     def _gather(self, layer: int, item: ScheduledSeq) -> tuple[torch.Tensor, torch.Tensor]:
         """(1, K, S, D) keys and values of positions 0 .. S-1 of one sequence, S = start + num_tokens."""

@@ -1,0 +1,96 @@
+"""Decode attention straight from the paged KV cache: a Triton kernel that follows each sequence's block
+table, so the K/V of a batch of decoding sequences are never gathered into a contiguous copy.
+
+One program per (sequence, KV head) computes the new token's attention for every query head of that KV
+head's group (GQA reads each K/V block once per group, not once per query head), streaming the blocks
+with the online softmax. Decode is memory-bound, so the products are plain multiply-and-sum in fp32
+registers rather than tensor-core dots (a 1-row query tile would waste them).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+LOG2E = 1.4426950408889634
+
+
+@triton.jit
+def _paged_decode_kernel(
+    Q, K_CACHE, V_CACHE, BLOCK_TABLES, SEQ_LENS, OUT,
+    stride_qn, stride_qh, stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh, stride_bt,
+    stride_on, stride_oh, scale_log2,
+    GROUP: tl.constexpr, GROUP_PAD: tl.constexpr, BLOCK_SIZE: tl.constexpr, HEAD_DIM: tl.constexpr,
+):  # fmt: skip
+    n, hk = tl.program_id(0), tl.program_id(1)
+    seq_len = tl.load(SEQ_LENS + n)
+    offs_g = tl.arange(0, GROUP_PAD)
+    offs_s = tl.arange(0, BLOCK_SIZE)
+    offs_d = tl.arange(0, HEAD_DIM)
+    heads = hk * GROUP + offs_g
+    in_group = offs_g < GROUP
+    q = tl.load(Q + n * stride_qn + heads[:, None] * stride_qh + offs_d[None, :], mask=in_group[:, None], other=0.0)
+    q = q.to(tl.float32)
+    m = tl.full([GROUP_PAD], float("-inf"), dtype=tl.float32)
+    denom = tl.zeros([GROUP_PAD], dtype=tl.float32)
+    acc = tl.zeros([GROUP_PAD, HEAD_DIM], dtype=tl.float32)
+    for i in range(0, tl.cdiv(seq_len, BLOCK_SIZE)):
+        block = tl.load(BLOCK_TABLES + n * stride_bt + i).to(tl.int64)
+        valid = i * BLOCK_SIZE + offs_s < seq_len
+        k = tl.load(K_CACHE + block * stride_kb + offs_s[:, None] * stride_ks + hk * stride_kh + offs_d[None, :],
+                    mask=valid[:, None], other=0.0).to(tl.float32)  # fmt: skip
+        s = tl.sum(q[:, None, :] * k[None, :, :], 2) * scale_log2  # (GROUP_PAD, BLOCK_SIZE), log2 units
+        s = tl.where(valid[None, :], s, float("-inf"))
+        m_new = tl.maximum(m, tl.max(s, 1))  # finite: block 0 always holds position 0
+        p = tl.math.exp2(s - m_new[:, None])
+        alpha = tl.math.exp2(m - m_new)
+        denom = denom * alpha + tl.sum(p, 1)
+        v = tl.load(V_CACHE + block * stride_vb + offs_s[:, None] * stride_vs + hk * stride_vh + offs_d[None, :],
+                    mask=valid[:, None], other=0.0).to(tl.float32)  # fmt: skip
+        acc = acc * alpha[:, None] + tl.sum(p[:, :, None] * v[None, :, :], 1)
+        m = m_new
+    out = acc / denom[:, None]
+    tl.store(OUT + n * stride_on + heads[:, None] * stride_oh + offs_d[None, :], out.to(OUT.dtype.element_ty),
+             mask=in_group[:, None])  # fmt: skip
+
+
+def paged_decode_attention(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    block_tables: torch.Tensor,
+    seq_lens: torch.Tensor,
+    scale: float,
+) -> torch.Tensor:
+    """q (N, H, D): one new token per sequence, whose K/V are already in the cache at position
+    seq_lens[n] - 1. k_cache, v_cache (num_blocks, block_size, K, D); block_tables (N, max_blocks) int32;
+    seq_lens (N,) int32 >= 1. Returns (N, H, D) in q's dtype."""
+    N, H, D = q.shape
+    _, block_size, K, Dk = k_cache.shape
+    if Dk != D or v_cache.shape != k_cache.shape:
+        raise ValueError(
+            f"paged attention: cache shapes {tuple(k_cache.shape)}, {tuple(v_cache.shape)} vs q {tuple(q.shape)}"
+        )
+    if H % K:
+        raise ValueError(f"paged attention: {H} query heads are not a multiple of {K} KV heads")
+    for name, size in (("head_dim", D), ("block_size", block_size)):
+        if size & (size - 1):
+            raise ValueError(f"paged attention: {name} {size} must be a power of two")
+    if block_tables.shape[0] != N or seq_lens.shape != (N,):
+        raise ValueError(
+            f"paged attention: {N} queries, {block_tables.shape[0]} block tables, {seq_lens.shape[0]} lengths"
+        )
+    out = torch.empty_like(q)
+    if N == 0:
+        return out
+    q = q if q.stride(-1) == 1 else q.contiguous()
+    group = H // K
+    _paged_decode_kernel[(N, K)](
+        q, k_cache, v_cache, block_tables, seq_lens, out,
+        q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
+        v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), block_tables.stride(0),
+        out.stride(0), out.stride(1), scale * LOG2E,
+        GROUP=group, GROUP_PAD=triton.next_power_of_2(group), BLOCK_SIZE=block_size, HEAD_DIM=D,
+    )  # fmt: skip
+    return out
