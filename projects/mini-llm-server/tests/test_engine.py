@@ -174,3 +174,23 @@ def test_prefix_cache_keys_a_block_by_everything_before_it(model):
     engine = LLMEngine(model, EngineConfig(num_blocks=64, block_size=4))
     got = [engine.generate([p], GREEDY)[0] for p in prompts]
     assert got == _alone(model, prompts)
+
+
+def test_bench_at_cpu_scale_writes_valid_records(tmp_path):
+    from mini_llm_server import report
+    from mlsys_bench.project import BenchContext
+    from mlsys_bench.record import read_record
+
+    ctx = BenchContext(project="mini-llm-server", device=torch.device("cpu"), scale="cpu", hardware="cpu-test",
+                       results_dir=tmp_path, repo=tmp_path, ceilings=None, show_progress=False)  # fmt: skip
+    report.bench(ctx)
+    rec = read_record(tmp_path / "throughput.json")
+    s = report.scale_settings("cpu")
+    assert {r["system"] for r in rec.rows} == {"continuous", "static", "fifo", "hf-generate"}
+    assert len(rec.rows) == 4 * len(s["batch_sizes"])
+    for r in rec.rows:  # every system generated exactly the requested output lengths
+        reqs = report.workload(r["requests"], s, 256, seed=1 if r["system"] == "fifo" else r["batch"])
+        assert r["tokens"] == sum(o for _, o in reqs) and r["tok_per_s"] > 0
+        if r["system"] != "hf-generate":
+            assert 0 < r["kv_util"] <= 1
+    assert read_record(tmp_path / "decode.json").rows[0]["tok_per_s"] > 0

@@ -1,4 +1,4 @@
-"""`mini-llm-server generate`: run prompts through the engine from the command line."""
+"""`mini-llm-server generate` (prompts through the engine) and `mini-llm-server bench` (through the harness)."""
 
 from __future__ import annotations
 
@@ -20,7 +20,14 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--max-tokens", type=int, default=48)
     g.add_argument("--temperature", type=float, default=0.0)
     g.add_argument("--policy", default="continuous", choices=("continuous", "static", "fifo"))
+    b = sub.add_parser("bench", help="the offline throughput benchmark (same as `mlsys bench mini-llm-server`)")
+    b.add_argument("--scale", choices=("auto", "gpu", "cpu"), default="auto")
+    b.add_argument("--tables", action="store_true")
     args = ap.parse_args(argv)
+    if args.command == "bench":
+        from mlsys_bench.cli import main as mlsys_main
+
+        return mlsys_main(["bench", "mini-llm-server", "--scale", args.scale, *(["--tables"] if args.tables else [])])
     model, tok = registry.load(args.model, train_if_missing=True)
     if tok is None:
         raise SystemExit(f"{args.model}: the checkpoint has no tokenizer.json; the command needs one for text prompts")

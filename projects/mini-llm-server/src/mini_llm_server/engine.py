@@ -70,7 +70,7 @@ class LLMEngine:
         self._done_at_add: list[RequestOutput] = []
         self.step_seconds = {"schedule": 0.0, "forward": 0.0, "sample": 0.0}
         self.num_steps = self.tokens_computed = self.tokens_generated = 0
-        self.peak_live_fraction = 0.0
+        self.peak_blocks_used, self.kv_util_at_peak = 0, 0.0
 
     # -- requests ------------------------------------------------------------------------------------------
 
@@ -177,9 +177,9 @@ class LLMEngine:
         self.num_steps += 1
         self.tokens_computed += num_tokens
         used = self.blocks.stats().used
-        if used:  # how full the blocks in use are: tokens with K/V over the slots they hold
+        if used and used >= self.peak_blocks_used:  # utilisation at peak load: live tokens / slots held
             live = sum(s.num_computed for s in self.scheduler.running)
-            self.peak_live_fraction = max(self.peak_live_fraction, live / (used * self.config.block_size))
+            self.peak_blocks_used, self.kv_util_at_peak = used, live / (used * self.config.block_size)
 
     def generate(self, prompts: Seq[Seq[int]], params: SamplingParams) -> list[list[int]]:
         """Run prompts to completion through the scheduler; the new tokens of each, in order."""
@@ -205,6 +205,7 @@ class LLMEngine:
             "steps": self.num_steps,
             "tokens_computed": self.tokens_computed,
             "tokens_generated": self.tokens_generated,
-            "peak_kv_live_fraction": self.peak_live_fraction,
+            "kv_blocks_peak": self.peak_blocks_used,
+            "kv_util_at_peak": self.kv_util_at_peak,  # > 1 when sequences share prefix blocks
             **{f"{k}_seconds": v for k, v in self.step_seconds.items()},
         }

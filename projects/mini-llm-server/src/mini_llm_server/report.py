@@ -1,0 +1,219 @@
+"""mini-llm-server's offline benchmark: one request set per batch size, run to completion by the engine under
+continuous batching, static batching and FIFO, and by Hugging Face `generate` in padded batches, all in
+one run; generated tokens per second end to end, KV-cache utilisation at peak, and batch-1 decode
+against the memory roofline (copy bandwidth / bytes read per step).
+
+Models: a TinyLlama-1.1B-shaped model with random weights (fine for throughput, never for quality) and,
+on the GPU, the shared model's trained `small` preset. Outputs have fixed lengths (no stop tokens) so
+every system generates exactly the same number of tokens.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from mlsys_bench.project import BenchContext, Project, project_root
+from mlsys_bench.record import metric, param
+from mlsys_bench.results import ResultSet
+from mlsys_bench.timing import TimingConfig
+from tinyllm.config import ModelConfig
+from tinyllm.model import Transformer
+from tinyllm.sampling import SamplingParams
+
+from mini_llm_server.config import EngineConfig
+from mini_llm_server.engine import LLMEngine
+
+TINYLLAMA = ModelConfig(vocab_size=32000, dim=2048, n_layers=22, n_heads=32, n_kv_heads=4, ffn_dim=5632,
+                        max_seq_len=2048, rope_theta=10000.0)  # fmt: skip
+
+
+def scale_settings(scale: str) -> dict:
+    if scale == "gpu":
+        return {"batch_sizes": [1, 8, 32, 128], "requests_per_slot": 2, "min_requests": 8, "fifo_requests": 8,
+                "prompt_len": (32, 512), "output_len": (32, 256), "dtype": "bf16", "decode_tokens": 256}  # fmt: skip
+    return {"batch_sizes": [1, 4], "requests_per_slot": 2, "min_requests": 4, "fifo_requests": 3,
+            "prompt_len": (4, 24), "output_len": (4, 12), "dtype": "fp32", "decode_tokens": 16}  # fmt: skip
+
+
+def _models(ctx: BenchContext, s: dict) -> dict[str, Transformer]:
+    dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[s["dtype"]]
+    torch.manual_seed(0)
+    if ctx.scale != "gpu":
+        cfg = ModelConfig(vocab_size=256, dim=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=128, max_seq_len=256)
+        return {"random-tiny": Transformer(cfg).to(ctx.device, dtype).eval()}
+    from tinyllm import registry
+
+    small, _ = registry.load("small", device=ctx.device, dtype=dtype, train_if_missing=True, progress=False)
+    return {"tinyllama-1.1b-random": Transformer(TINYLLAMA).to(ctx.device, dtype).eval(), "small-trained": small}
+
+
+def workload(n: int, s: dict, vocab: int, seed: int) -> list[tuple[list[int], int]]:
+    """n (prompt, output length) pairs, lengths uniform in the scale's ranges (as vLLM's throughput
+    benchmark's random dataset), prompt tokens uniform over the vocabulary."""
+    g = torch.Generator().manual_seed(seed)
+    reqs = []
+    for _ in range(n):
+        p = int(torch.randint(s["prompt_len"][0], s["prompt_len"][1] + 1, (), generator=g))
+        o = int(torch.randint(s["output_len"][0], s["output_len"][1] + 1, (), generator=g))
+        reqs.append((torch.randint(0, vocab, (p,), generator=g).tolist(), o))
+    return reqs
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def run_engine(model: Transformer, config: EngineConfig, reqs) -> dict:
+    engine = LLMEngine(model, config)
+    for prompt, out_len in reqs:
+        engine.add_request(prompt, SamplingParams(temperature=0.0, max_new_tokens=out_len))
+    device = model.lm_head.weight.device
+    _sync(device)
+    t0 = time.perf_counter()
+    generated = 0
+    while engine.has_unfinished():
+        generated += sum(len(o.new_tokens) for o in engine.step())
+    _sync(device)
+    elapsed = time.perf_counter() - t0
+    m = engine.metrics()
+    return {"tokens": generated, "seconds": elapsed, "kv_util": m["kv_util_at_peak"],
+            "preemptions": m["preemptions"]}  # fmt: skip
+
+
+def run_hf(hf_model, batch_size: int, reqs, device: torch.device) -> dict:
+    """HF generate in arrival-order batches, left-padded, each batch decoding as long as its longest output;
+    only each request's own output length counts as generated."""
+    _sync(device)
+    t0 = time.perf_counter()
+    generated = 0
+    for i in range(0, len(reqs), batch_size):
+        chunk = reqs[i : i + batch_size]
+        width = max(len(p) for p, _ in chunk)
+        ids = torch.tensor([[0] * (width - len(p)) + p for p, _ in chunk], device=device)
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p, _ in chunk], device=device)
+        new = max(o for _, o in chunk)
+        hf_model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=new, min_new_tokens=new,
+                          do_sample=False, pad_token_id=0)  # fmt: skip
+        generated += sum(o for _, o in chunk)
+    _sync(device)
+    return {"tokens": generated, "seconds": time.perf_counter() - t0, "kv_util": None, "preemptions": None}
+
+
+def _hf_model(model: Transformer, device: torch.device):
+    from tinyllm.checkpoint import save_model
+    from transformers import AutoModelForCausalLM
+
+    with tempfile.TemporaryDirectory() as tmp:
+        save_model(model, Path(tmp))
+        hf = AutoModelForCausalLM.from_pretrained(tmp, dtype=model.lm_head.weight.dtype)
+    return hf.to(device).eval()
+
+
+def decode_rate(model: Transformer, tokens: int) -> float:
+    """Batch-1 decode tokens/s of the engine: the time from the first sampled token to the last."""
+    engine = LLMEngine(model, EngineConfig(num_blocks=1 + (16 + tokens) // 16 + 1))
+    engine.add_request(list(range(1, 17)), SamplingParams(temperature=0.0, max_new_tokens=tokens))
+    engine.step()  # prefill and the first token
+    device = model.lm_head.weight.device
+    _sync(device)
+    t0 = time.perf_counter()
+    while engine.has_unfinished():
+        engine.step()
+    _sync(device)
+    return (tokens - 1) / (time.perf_counter() - t0)
+
+
+def bench(ctx: BenchContext) -> None:
+    s = scale_settings(ctx.scale)
+    rows, decode_rows = [], []
+    for name, model in ctx.progress(_models(ctx, s).items(), "models"):
+        hf = _hf_model(model, ctx.device)
+        vocab = model.cfg.vocab_size
+        run_engine(model, EngineConfig(), workload(2, s, vocab, seed=99))  # warm-up: allocator, kernels
+        fifo_reqs = workload(s["fifo_requests"], s, vocab, seed=1)
+        fifo = run_engine(model, EngineConfig(policy="fifo"), fifo_reqs)
+        for bs in s["batch_sizes"]:
+            reqs = workload(max(s["min_requests"], s["requests_per_slot"] * bs), s, vocab, seed=bs)
+            results = {
+                "continuous": run_engine(model, EngineConfig(max_num_seqs=bs, max_num_batched_tokens=2048), reqs),
+                "static": run_engine(
+                    model, EngineConfig(policy="static", max_num_seqs=bs, max_num_batched_tokens=2048), reqs
+                ),  # fmt: skip
+                "hf-generate": run_hf(hf, bs, reqs, ctx.device),
+                "fifo": fifo,  # one at a time: the same at every batch size, measured once on its own set
+            }
+            for system, r in results.items():
+                rows.append({"model": name, "batch": bs, "system": system, "requests": len(reqs if system != "fifo"
+                             else fifo_reqs), "tokens": r["tokens"], "seconds": r["seconds"],
+                             "tok_per_s": r["tokens"] / r["seconds"], "kv_util": r["kv_util"],
+                             "preemptions": r["preemptions"]})  # fmt: skip
+        rate = decode_rate(model, s["decode_tokens"])
+        weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+        roofline = ctx.ceilings.copy_GBps * 1e9 / weight_bytes if ctx.ceilings else None
+        decode_rows.append({"model": name, "weight_MB": weight_bytes / 1e6, "tok_per_s": rate,
+                            "roofline_tok_per_s": roofline,
+                            "of_roofline": None if roofline is None else rate / roofline})  # fmt: skip
+        del hf
+    gpu = ctx.scale == "gpu"
+    ctx.record(
+        benchmark="throughput",
+        columns=[
+            param("model"),
+            param("batch", "max sequences"),
+            param("system"),
+            param("requests"),
+            metric("tokens", "tokens"),
+            metric("seconds", "s"),
+            metric("tok_per_s", "tokens/s"),
+            metric("kv_util", "fraction", "at the step with the most KV blocks in use: live tokens / slots held"),
+            metric("preemptions", "count"),
+        ],  # fmt: skip
+        rows=rows,
+        config={**s, "weights": "random for tinyllama-1.1b-random / random-tiny; trained for small-trained"},
+        timing=TimingConfig(warmup=1, repeats=1),
+        method="wall-clock" + (" with cuda synchronize" if gpu else ""),
+        notes="tok_per_s: generated tokens / wall time of the whole request set, prefill included. fifo is "
+        "measured once on its own request set and repeated on every batch-size row.",
+    )
+    ctx.record(
+        benchmark="decode",
+        columns=[
+            param("model"),
+            metric("weight_MB", "MB"),
+            metric("tok_per_s", "tokens/s"),
+            metric("roofline_tok_per_s", "tokens/s", "copy bandwidth / weight bytes"),
+            metric("of_roofline", "fraction"),
+        ],  # fmt: skip
+        rows=decode_rows,
+        config={"prompt_tokens": 16, "decode_tokens": s["decode_tokens"]},
+        timing=TimingConfig(warmup=0, repeats=1),
+        method="wall-clock",
+        notes="Batch-1 decode through the engine (eager, no CUDA graphs yet).",
+    )
+
+
+def headline(results: ResultSet) -> list[str]:
+    rec = results.get("throughput")
+    if rec is None:
+        return []
+    at = {(r["model"], r["batch"], r["system"]): r for r in rec.rows}
+    model, bs = rec.rows[0]["model"], max(r["batch"] for r in rec.rows)
+    c, f = at[(model, bs, "continuous")], at[(model, bs, "fifo")]
+    return [
+        f"continuous batching {c['tok_per_s']:.0f} tok/s at batch {bs}, {c['tok_per_s'] / f['tok_per_s']:.1f}x FIFO"
+    ]
+
+
+PROJECT = Project(
+    name="mini-llm-server",
+    title="Building a mini vLLM",
+    summary="continuous batching over a paged KV cache with prefix caching (engine; service next)",
+    root=project_root(__file__),
+    bench=bench,
+    headline=headline,
+    publish=("h100-80gb-hbm3",),
+)
