@@ -1,4 +1,5 @@
-"""`mini-llm-server generate` (prompts through the engine) and `mini-llm-server bench` (through the harness)."""
+"""`mini-llm-server serve` (the HTTP service), `generate` (prompts through the engine) and `bench` (through the
+harness)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,20 @@ from mini_llm_server.config import EngineConfig
 from mini_llm_server.engine import LLMEngine
 
 
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from mini_llm_server.api import ServiceConfig, create_app
+    from mini_llm_server.async_engine import AsyncEngine
+
+    model, tok = registry.load(args.model, train_if_missing=True)
+    if tok is None:
+        raise SystemExit(f"{args.model}: the checkpoint has no tokenizer.json; the service needs one")
+    app = create_app(AsyncEngine(LLMEngine(model)), tok, ServiceConfig(model_name=args.model, max_queue=args.max_queue))
+    uvicorn.run(app, host=args.host, port=args.port)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="mini-llm-server", description="A small vLLM: continuous batching engine.")
     sub = ap.add_subparsers(dest="command", required=True)
@@ -20,10 +35,17 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--max-tokens", type=int, default=48)
     g.add_argument("--temperature", type=float, default=0.0)
     g.add_argument("--policy", default="continuous", choices=("continuous", "static", "fifo"))
+    v = sub.add_parser("serve", help="the OpenAI-compatible HTTP service")
+    v.add_argument("--model", default="tiny", help="a shared-model preset name or a checkpoint directory")
+    v.add_argument("--host", default="127.0.0.1")
+    v.add_argument("--port", type=int, default=8000)
+    v.add_argument("--max-queue", type=int, default=64, help="waiting requests beyond which new ones get 429")
     b = sub.add_parser("bench", help="the offline throughput benchmark (same as `mlsys bench mini-llm-server`)")
     b.add_argument("--scale", choices=("auto", "gpu", "cpu"), default="auto")
     b.add_argument("--tables", action="store_true")
     args = ap.parse_args(argv)
+    if args.command == "serve":
+        return _serve(args)
     if args.command == "bench":
         from mlsys_bench.cli import main as mlsys_main
 

@@ -1,0 +1,230 @@
+"""The HTTP service: OpenAI-compatible `/v1/completions` and `/v1/chat/completions` (streamed as server-sent
+events or not), `/v1/models`, `/health` and Prometheus `/metrics`, in front of one AsyncEngine.
+
+Admission control happens before a request touches the engine: past `max_queue` waiting requests the
+answer is 429 with Retry-After, never an unbounded queue. A client that disconnects mid-stream ends its
+generator, which aborts the request and frees its blocks before the next engine step.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Literal
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from pydantic import BaseModel, Field
+from tinyllm.sampling import SamplingParams
+from tinyllm.tokenizer import Tokenizer
+
+from mini_llm_server.async_engine import AsyncEngine
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ServiceConfig:
+    model_name: str = "tiny"
+    max_queue: int = 64  # waiting requests beyond which new ones get 429
+    retry_after_s: int = 1
+
+
+class CompletionRequest(BaseModel):
+    model: str
+    prompt: str | list[int]
+    max_tokens: int = Field(16, ge=1)
+    temperature: float = Field(1.0, ge=0.0, le=2.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    top_k: int = Field(0, ge=0)  # an extension, as vLLM's
+    seed: int | None = None
+    stop: str | list[str] | None = None
+    stream: bool = False
+    timeout: float | None = Field(None, gt=0.0)  # seconds; an extension: the request ends with an error past it
+
+
+class ChatMessage(BaseModel):
+    role: Literal["system", "user", "assistant"]
+    content: str
+
+
+class ChatRequest(CompletionRequest):
+    prompt: str | list[int] = ""  # unused: chat requests carry messages
+    messages: list[ChatMessage] = Field(min_length=1)
+
+
+def chat_prompt(messages: list[ChatMessage]) -> str:
+    """The shared model has no chat template of its own: role-prefixed lines, then the assistant's turn."""
+    return "".join(f"{m.role}: {m.content}\n" for m in messages) + "assistant:"
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, param: str | None = None, headers: dict | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.param, self.headers = status, message, param, headers or {}
+
+
+def _error(status: int, message: str, param: str | None = None, headers: dict | None = None) -> JSONResponse:
+    kind = {400: "invalid_request_error", 404: "not_found_error", 429: "rate_limit_error"}.get(status, "server_error")
+    body = {"error": {"message": message, "type": kind, "param": param, "code": status}}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+class Metrics:
+    """Prometheus series, in a registry of their own (no process-global state)."""
+
+    def __init__(self) -> None:
+        self.registry = r = CollectorRegistry()
+        self.queue = Gauge("mini_llm_queue_depth", "requests waiting", registry=r)
+        self.running = Gauge("mini_llm_running_sequences", "sequences in the batch", registry=r)
+        self.kv_used = Gauge("mini_llm_kv_blocks_used", "KV blocks referenced", registry=r)
+        self.kv_free = Gauge("mini_llm_kv_blocks_free", "KV blocks allocatable", registry=r)
+        self.preemptions = Gauge("mini_llm_preemptions", "preemptions since start", registry=r)
+        self.tokens = Counter("mini_llm_generated_tokens", "tokens generated", registry=r)
+        self.rejected = Counter("mini_llm_rejected_requests", "requests refused with 429", registry=r)
+        self.ttft = Histogram("mini_llm_time_to_first_token_seconds", "TTFT", registry=r,
+                              buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))  # fmt: skip
+        self.itl = Histogram("mini_llm_inter_token_latency_seconds", "time between tokens", registry=r,
+                             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1))  # fmt: skip
+
+
+def create_app(engine: AsyncEngine, tokenizer: Tokenizer, config: ServiceConfig | None = None) -> FastAPI:
+    config = config or ServiceConfig()
+    app = FastAPI(title="mini-llm-server")
+    metrics = Metrics()
+    eng = engine.engine
+
+    @app.exception_handler(ApiError)
+    async def _api_error(request: Request, exc: ApiError):
+        return _error(exc.status, exc.message, exc.param, exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError):
+        first = exc.errors()[0] if exc.errors() else {}
+        field = ".".join(str(p) for p in first.get("loc", ())[1:]) or None
+        return _error(400, f"{field}: {first.get('msg', 'invalid request')}" if field else "invalid JSON body", field)
+
+    @app.get("/health")
+    async def health():
+        return {"status": "ok"}
+
+    @app.get("/v1/models")
+    async def models():
+        return {"object": "list", "data": [{"id": config.model_name, "object": "model", "owned_by": "mini-llm-server"}]}
+
+    @app.get("/metrics")
+    async def prometheus():
+        m = eng.metrics()
+        metrics.queue.set(m["waiting"])
+        metrics.running.set(m["running"])
+        metrics.kv_used.set(m["kv_blocks_used"])
+        metrics.kv_free.set(m["kv_blocks_free"])
+        metrics.preemptions.set(m["preemptions"])
+        return Response(generate_latest(metrics.registry), media_type="text/plain; version=0.0.4")
+
+    def _params(req: CompletionRequest) -> SamplingParams:
+        return SamplingParams(temperature=req.temperature, top_k=req.top_k, top_p=req.top_p, seed=req.seed,
+                              max_new_tokens=req.max_tokens)  # fmt: skip
+
+    def _admit(req: CompletionRequest, prompt: str | list[int]) -> list[int]:
+        if req.model != config.model_name:
+            raise ApiError(404, f"model: unknown model {req.model!r}; this server serves {config.model_name!r}",
+                           "model")  # fmt: skip
+        ids = tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
+        if len(eng.scheduler.waiting) >= config.max_queue:
+            metrics.rejected.inc()
+            raise ApiError(429, f"server overloaded: {config.max_queue} requests already waiting",
+                           headers={"Retry-After": str(config.retry_after_s)})  # fmt: skip
+        return ids
+
+    async def _run(req: CompletionRequest, ids: list[int]) -> AsyncIterator[tuple[str, str | None, int]]:
+        """(text delta, finish reason or None, tokens so far) as tokens arrive; a stop string cuts the text
+        and ends the request."""
+        stops = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
+        try:
+            stream = engine.stream(ids, _params(req), timeout=req.timeout)
+            first = await anext(stream)  # the engine validates the request here (length, vocabulary)
+        except ValueError as e:
+            field = str(e).split(":", 1)[0]
+            raise ApiError(400, str(e), field if field in ("prompt", "timeout") else None) from None
+        sent, t_start, t_last = "", time.perf_counter(), None
+        out = first
+        while True:
+            now = time.perf_counter()
+            if out.new_tokens:
+                metrics.tokens.inc(len(out.new_tokens))
+                metrics.ttft.observe(now - t_start) if t_last is None else metrics.itl.observe(now - t_last)
+                t_last = now
+            text = tokenizer.decode(out.output)
+            cut = min((text.find(s) for s in stops if s and s in text), default=-1)
+            if cut >= 0:
+                await stream.aclose()  # aborts the request in the engine
+                yield text[len(sent) : cut], "stop", len(out.output)
+                return
+            if out.finished:
+                reason = {"length": "length", "context": "length", "stop": "stop"}.get(out.finish_reason)
+                if reason is None:
+                    raise ApiError(408 if out.finish_reason == "timeout" else 500,
+                                   f"request ended: {out.finish_reason}")  # fmt: skip
+                yield text[len(sent) :], reason, len(out.output)
+                return
+            if not text.endswith("\ufffd"):  # hold back a partial UTF-8 character
+                yield text[len(sent) :], None, len(out.output)
+                sent = text
+            out = await anext(stream)
+
+    async def _respond(req: CompletionRequest, ids: list[int], chat: bool, request: Request):
+        rid = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}"
+        created = int(time.time())
+        kind = "chat.completion" if chat else "text_completion"
+
+        def choice(delta: str, reason: str | None, streaming: bool) -> dict:
+            if not chat:
+                return {"index": 0, "text": delta, "logprobs": None, "finish_reason": reason}
+            body = {"role": "assistant", "content": delta}
+            return {"index": 0, ("delta" if streaming else "message"): body, "finish_reason": reason}
+
+        if not req.stream:
+            text, reason, n = "", None, 0
+            async for delta, r, count in _run(req, ids):
+                text, reason, n = text + delta, r, count
+            usage = {"prompt_tokens": len(ids), "completion_tokens": n}
+            usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
+            return {"id": rid, "object": kind, "created": created, "model": config.model_name,
+                    "choices": [choice(text, reason, False)], "usage": usage}  # fmt: skip
+
+        gen = _run(req, ids)
+        first = await anext(gen)  # errors (400, 408) surface as a status code before the stream starts
+
+        async def events():
+            chunk_kind = "chat.completion.chunk" if chat else "text_completion"
+            try:
+                item = first
+                while True:
+                    delta, reason, _ = item
+                    body = {"id": rid, "object": chunk_kind, "created": created, "model": config.model_name,
+                            "choices": [choice(delta, reason, True)]}  # fmt: skip
+                    yield f"data: {json.dumps(body)}\n\n"
+                    if reason is not None:
+                        break
+                    if await request.is_disconnected():  # a write to a closed socket may not raise: ask
+                        break
+                    item = await anext(gen)
+                yield "data: [DONE]\n\n"
+            finally:
+                await gen.aclose()  # a disconnected client lands here: the engine request is aborted
+
+        return StreamingResponse(events(), media_type="text/event-stream")
+
+    @app.post("/v1/completions")
+    async def completions(req: CompletionRequest, request: Request):
+        return await _respond(req, _admit(req, req.prompt), False, request)
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(req: ChatRequest, request: Request):
+        return await _respond(req, _admit(req, chat_prompt(req.messages)), True, request)
+
+    return app

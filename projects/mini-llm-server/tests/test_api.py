@@ -1,0 +1,137 @@
+"""The service on a real uvicorn server on loopback, driven by the official openai client and by httpx."""
+
+import asyncio
+import threading
+import time
+
+import httpx
+import openai
+import pytest
+import torch
+import uvicorn
+from mini_llm_server import EngineConfig, LLMEngine
+from mini_llm_server.api import ServiceConfig, chat_prompt, create_app
+from mini_llm_server.async_engine import AsyncEngine
+from tinyllm.config import ModelConfig
+from tinyllm.model import Transformer
+from tinyllm.sampling import SamplingParams
+from tinyllm.tokenizer import Tokenizer
+
+TEXT = ["the quick brown fox jumps over the lazy dog", "hello world, hello model", "def main(): return 0"] * 20
+
+
+@pytest.fixture(scope="module")
+def stack():
+    tok = Tokenizer.train(TEXT, vocab_size=300)
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=tok.vocab_size, dim=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=128,
+                      max_seq_len=1024)  # fmt: skip
+    model = Transformer(cfg).eval()
+    engine = LLMEngine(model, EngineConfig(num_blocks=256, block_size=8))
+    app = create_app(AsyncEngine(engine), tok, ServiceConfig(model_name="test", max_queue=4))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.01)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    yield {"url": f"http://127.0.0.1:{port}", "engine": engine, "model": model, "tok": tok}
+    server.should_exit = True
+    thread.join(timeout=5)
+
+
+def _expected(stack, prompt_ids, n):
+    ref = LLMEngine(stack["model"], EngineConfig(num_blocks=64, block_size=8))
+    return stack["tok"].decode(ref.generate([prompt_ids], SamplingParams(temperature=0.0, max_new_tokens=n))[0])
+
+
+def test_openai_client_completions_plain_and_streamed(stack):
+    client = openai.OpenAI(base_url=stack["url"] + "/v1", api_key="unused")
+    expected = _expected(stack, stack["tok"].encode("hello world"), 12)
+    r = client.completions.create(model="test", prompt="hello world", max_tokens=12, temperature=0)
+    assert r.choices[0].text == expected and r.choices[0].finish_reason == "length"
+    assert r.usage.prompt_tokens == len(stack["tok"].encode("hello world")) and r.usage.completion_tokens == 12
+    chunks = list(client.completions.create(model="test", prompt="hello world", max_tokens=12, temperature=0,
+                                            stream=True))  # fmt: skip
+    assert "".join(c.choices[0].text for c in chunks) == expected
+    assert chunks[-1].choices[0].finish_reason == "length"
+    assert [m.id for m in client.models.list().data] == ["test"]
+
+
+def test_openai_client_chat_plain_and_streamed(stack):
+    client = openai.OpenAI(base_url=stack["url"] + "/v1", api_key="unused")
+    messages = [{"role": "user", "content": "say hello"}]
+    from mini_llm_server.api import ChatMessage
+
+    expected = _expected(stack, stack["tok"].encode(chat_prompt([ChatMessage(**messages[0])])), 10)
+    r = client.chat.completions.create(model="test", messages=messages, max_tokens=10, temperature=0)
+    assert r.choices[0].message.content == expected and r.choices[0].message.role == "assistant"
+    stream = client.chat.completions.create(model="test", messages=messages, max_tokens=10, temperature=0,
+                                            stream=True)  # fmt: skip
+    assert "".join(c.choices[0].delta.content or "" for c in stream) == expected
+
+
+@pytest.mark.parametrize(
+    "body, status, field",
+    [
+        ({"model": "nope", "prompt": "x"}, 404, "model"),
+        ({"model": "test", "prompt": "x", "temperature": -1}, 400, "temperature"),
+        ({"model": "test", "prompt": "x", "max_tokens": 0}, 400, "max_tokens"),
+        ({"model": "test"}, 400, "prompt"),
+        ({"model": "test", "prompt": "x " * 2000}, 400, "prompt"),
+        ({"model": "test", "prompt": [99999]}, 400, "prompt"),
+    ],
+)
+def test_bad_requests_name_the_field(stack, body, status, field):
+    r = httpx.post(stack["url"] + "/v1/completions", json=body)
+    assert r.status_code == status, r.text
+    assert r.json()["error"]["param"] == field and field in r.json()["error"]["message"]
+
+
+def test_malformed_json_is_a_400(stack):
+    r = httpx.post(stack["url"] + "/v1/completions", content=b"{not json", headers={"content-type": "application/json"})
+    assert r.status_code == 400 and "error" in r.json()
+
+
+def test_stop_string_cuts_the_text(stack):
+    full = _expected(stack, stack["tok"].encode("hello"), 16)
+    stop = full[4:6]
+    body = {"model": "test", "prompt": "hello", "max_tokens": 16, "temperature": 0, "stop": stop}
+    r = httpx.post(stack["url"] + "/v1/completions", json=body)
+    choice = r.json()["choices"][0]
+    assert choice["text"] == full[: full.find(stop)] and choice["finish_reason"] == "stop"
+
+
+def test_disconnect_mid_stream_frees_blocks(stack):
+    before = stack["engine"].tokens_generated
+    with httpx.stream("POST", stack["url"] + "/v1/completions",
+                      json={"model": "test", "prompt": "hello", "max_tokens": 1000, "temperature": 0.8,
+                            "stream": True}) as r:  # fmt: skip
+        for i, _ in enumerate(r.iter_lines()):
+            if i == 3:
+                break  # closing the response drops the connection
+    deadline = time.time() + 60
+    while stack["engine"].has_unfinished() and time.time() < deadline:
+        time.sleep(0.02)
+    assert not stack["engine"].has_unfinished() and stack["engine"].metrics()["kv_blocks_used"] == 0
+    assert stack["engine"].tokens_generated - before < 500  # aborted early, not run to its 1000 tokens
+
+
+def test_overload_gets_429_and_every_accepted_request_completes(stack):
+    async def main():
+        async with httpx.AsyncClient(base_url=stack["url"], timeout=60) as client:
+            body = {"model": "test", "prompt": "the quick brown fox", "max_tokens": 24, "temperature": 0}
+            return await asyncio.gather(*(client.post("/v1/completions", json=body) for _ in range(24)))
+
+    responses = asyncio.run(main())
+    codes = [r.status_code for r in responses]
+    assert set(codes) <= {200, 429} and 429 in codes and 200 in codes
+    expected = _expected(stack, stack["tok"].encode("the quick brown fox"), 24)
+    assert all(r.json()["choices"][0]["text"] == expected for r in responses if r.status_code == 200)
+    assert all(r.headers["retry-after"] == "1" for r in responses if r.status_code == 429)
+    metrics = httpx.get(stack["url"] + "/metrics").text
+    assert "mini_llm_rejected_requests_total" in metrics and "mini_llm_kv_blocks_used 0.0" in metrics
+
+
+def test_health(stack):
+    assert httpx.get(stack["url"] + "/health").json() == {"status": "ok"}
