@@ -20,22 +20,30 @@ from tinyllm.tokenizer import Tokenizer
 TEXT = ["the quick brown fox jumps over the lazy dog", "hello world, hello model", "def main(): return 0"] * 20
 
 
-@pytest.fixture(scope="module")
-def stack():
-    tok = Tokenizer.train(TEXT, vocab_size=300)
-    torch.manual_seed(0)
-    cfg = ModelConfig(vocab_size=tok.vocab_size, dim=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=128,
-                      max_seq_len=1024)  # fmt: skip
-    model = Transformer(cfg).eval()
-    engine = LLMEngine(model, EngineConfig(num_blocks=256, block_size=8))
-    app = create_app(AsyncEngine(engine), tok, ServiceConfig(model_name="test", max_queue=4))
+def _start(app):
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     while not server.started:
         time.sleep(0.01)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    yield {"url": f"http://127.0.0.1:{port}", "engine": engine, "model": model, "tok": tok}
+    return server, thread, f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
+
+
+@pytest.fixture(scope="module")
+def parts():
+    tok = Tokenizer.train(TEXT, vocab_size=300)
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=tok.vocab_size, dim=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=128,
+                      max_seq_len=1024)  # fmt: skip
+    return Transformer(cfg).eval(), tok
+
+
+@pytest.fixture(scope="module")
+def stack(parts):
+    model, tok = parts
+    engine = LLMEngine(model, EngineConfig(num_blocks=256, block_size=8))
+    server, thread, url = _start(create_app(AsyncEngine(engine), tok, ServiceConfig(model_name="test", max_queue=4)))
+    yield {"url": url, "engine": engine, "model": model, "tok": tok}
     server.should_exit = True
     thread.join(timeout=5)
 
@@ -135,3 +143,28 @@ def test_overload_gets_429_and_every_accepted_request_completes(stack):
 
 def test_health(stack):
     assert httpx.get(stack["url"] + "/health").json() == {"status": "ok"}
+
+
+def test_a_full_kv_cache_gets_429_and_shutdown_drains_open_streams(parts):
+    model, tok = parts
+    engine = LLMEngine(model, EngineConfig(num_blocks=12, block_size=8, max_num_seqs=64))  # 96 KV slots
+    server, thread, url = _start(create_app(AsyncEngine(engine), tok, ServiceConfig(model_name="t", max_queue=100)))
+    body = {"model": "t", "prompt": "the quick brown fox jumps over the lazy dog", "max_tokens": 40, "temperature": 0}
+
+    async def burst():
+        async with httpx.AsyncClient(base_url=url, timeout=120) as client:
+            return await asyncio.gather(*(client.post("/v1/completions", json=body) for _ in range(12)))
+
+    responses = asyncio.run(burst())
+    rejected = [r for r in responses if r.status_code == 429]
+    assert rejected and all("KV cache" in r.json()["error"]["message"] for r in rejected)
+    assert all(r.status_code in (200, 429) for r in responses)
+
+    with httpx.stream("POST", url + "/v1/completions", json={**body, "stream": True}, timeout=120) as r:
+        lines = r.iter_lines()
+        next(lines)
+        server.should_exit = True  # SIGTERM's effect: stop accepting, finish what is open
+        events = [line for line in lines if line.startswith("data: ")]
+    assert events[-1] == "data: [DONE]" and '"finish_reason": "length"' in events[-2]
+    thread.join(timeout=30)
+    assert not thread.is_alive() and not engine.has_unfinished()

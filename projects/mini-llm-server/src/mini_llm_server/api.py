@@ -1,8 +1,10 @@
 """The HTTP service: OpenAI-compatible `/v1/completions` and `/v1/chat/completions` (streamed as server-sent
 events or not), `/v1/models`, `/health` and Prometheus `/metrics`, in front of one AsyncEngine.
 
-Admission control happens before a request touches the engine: past `max_queue` waiting requests the
-answer is 429 with Retry-After, never an unbounded queue. A client that disconnects mid-stream ends its
+Admission control happens before a request touches the engine: past `max_queue` waiting requests, or
+when requests already wait and the free KV blocks cannot hold their prompts and this one, the answer is
+429 with Retry-After, never an unbounded queue. Shutdown is uvicorn's: it stops accepting connections and
+lets open responses finish, and the engine keeps stepping until they have. A client that disconnects mid-stream ends its
 generator, which aborts the request and frees its blocks before the next engine step.
 """
 
@@ -134,10 +136,19 @@ def create_app(engine: AsyncEngine, tokenizer: Tokenizer, config: ServiceConfig 
             raise ApiError(404, f"model: unknown model {req.model!r}; this server serves {config.model_name!r}",
                            "model")  # fmt: skip
         ids = tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
+        busy = None
         if len(eng.scheduler.waiting) >= config.max_queue:
+            busy = f"server overloaded: {config.max_queue} requests already waiting"
+        elif eng.scheduler.waiting:  # requests already queue for memory: admit only what the free KV blocks hold
+            bs = eng.config.block_size
+            demand = sum(-(-s.num_tokens // bs) for s in eng.scheduler.waiting) + -(-len(ids) // bs)
+            if demand > eng.blocks.num_free_blocks:
+                busy = (
+                    f"server overloaded: the KV cache cannot hold the {len(eng.scheduler.waiting) + 1} waiting prompts"
+                )
+        if busy:
             metrics.rejected.inc()
-            raise ApiError(429, f"server overloaded: {config.max_queue} requests already waiting",
-                           headers={"Retry-After": str(config.retry_after_s)})  # fmt: skip
+            raise ApiError(429, busy, headers={"Retry-After": str(config.retry_after_s)})
         return ids
 
     async def _run(req: CompletionRequest, ids: list[int]) -> AsyncIterator[tuple[str, str | None, int]]:
