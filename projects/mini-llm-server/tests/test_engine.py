@@ -194,3 +194,14 @@ def test_bench_at_cpu_scale_writes_valid_records(tmp_path):
         if r["system"] != "hf-generate":
             assert 0 < r["kv_util"] <= 1
     assert read_record(tmp_path / "decode.json").rows[0]["tok_per_s"] > 0
+
+
+@pytest.mark.gpu
+def test_engine_on_gpu_with_the_paged_kernel_matches_one_at_a_time(model):
+    gpu_model = Transformer(model.cfg).cuda().eval()
+    gpu_model.load_state_dict(model.state_dict())
+    prompts = _prompts(9, seed=11)
+    engine = LLMEngine(gpu_model, EngineConfig(num_blocks=24, block_size=4, max_num_batched_tokens=64))
+    assert engine.runner.paged_kernel  # "auto" picks the Triton kernel on CUDA
+    assert engine.generate(prompts, GREEDY) == _alone(gpu_model, prompts)
+    assert engine.metrics()["preemptions"] > 0 and engine.metrics()["kv_blocks_used"] == 0

@@ -48,3 +48,29 @@ def test_bad_shapes_are_named():
         paged_decode_attention(
             q, cache, cache, torch.zeros(2, 1, dtype=torch.int32), torch.ones(2, dtype=torch.int32), 1.0
         )
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+def test_paged_decode_low_precision_on_gpu(dtype):
+    g = torch.Generator().manual_seed(0)
+    H, K, D, bs, lens = 32, 4, 64, 16, [1, 100, 1000, 2047]
+    nb = [-(-L // bs) for L in lens]
+    k_cache = torch.randn(sum(nb) + 3, bs, K, D, generator=g)
+    v_cache = torch.randn_like(k_cache)
+    perm = torch.randperm(k_cache.shape[0], generator=g)
+    tables = torch.zeros(len(lens), max(nb), dtype=torch.int32)
+    used = 0
+    for n, b in enumerate(nb):
+        tables[n, :b] = perm[used : used + b].to(torch.int32)
+        used += b
+    q = torch.randn(len(lens), H, D, generator=g)
+    got = paged_decode_attention(q.cuda().to(dtype), k_cache.cuda().to(dtype), v_cache.cuda().to(dtype),
+                                 tables.cuda(), torch.tensor(lens, dtype=torch.int32).cuda(), D**-0.5)  # fmt: skip
+    for n, L in enumerate(lens):
+        blocks = tables[n, : nb[n]].long()
+        k = k_cache[blocks].reshape(-1, K, D)[:L].to(dtype).double().transpose(0, 1)[None]
+        v = v_cache[blocks].reshape(-1, K, D)[:L].to(dtype).double().transpose(0, 1)[None]
+        qd = q[n].to(dtype).double()[None, :, None]
+        ref = sdpa_attention(qd, k, v, causal=True, scale=D**-0.5)[0, :, 0]
+        torch.testing.assert_close(got[n].double().cpu(), ref, atol=2e-2, rtol=2e-2)
