@@ -168,3 +168,28 @@ def test_a_full_kv_cache_gets_429_and_shutdown_drains_open_streams(parts):
     assert events[-1] == "data: [DONE]" and '"finish_reason": "length"' in events[-2]
     thread.join(timeout=30)
     assert not thread.is_alive() and not engine.has_unfinished()
+
+
+@pytest.mark.parametrize("mode", [{"concurrency": 3}, {"rate": 40.0}], ids=["closed", "open"])
+def test_load_generator_reports_latencies_and_writes_a_record(stack, tmp_path, mode):
+    from mini_llm_server.load import LoadConfig, run, summarize
+    from mini_llm_server.load_record import write_load_record
+    from mlsys_bench.record import read_record
+
+    cfg = LoadConfig(url=stack["url"], model="test", num_requests=6, output_tokens=(4, 12), **mode)
+    results, wall = asyncio.run(run(cfg))
+    summary = summarize(results, wall)
+    assert summary["requests"] == 6 and summary["ok"] + summary["rejected_429"] == 6 and summary["errors"] == 0
+    assert summary["ok"] > 0 and summary["ttft_p50_ms"] > 0 and summary["itl_p99_ms"] >= summary["itl_p50_ms"]
+    assert summary["e2e_p95_ms"] >= summary["ttft_p95_ms"] and summary["tokens_per_s"] > 0
+    rec = read_record(write_load_record(cfg, summary, "cpu-test", root=tmp_path))
+    assert rec.rows[0]["ok"] == summary["ok"] and rec.benchmark.startswith("load-")
+
+
+def test_load_config_needs_exactly_one_mode():
+    from mini_llm_server.load import LoadConfig
+
+    with pytest.raises(ValueError, match="exactly one"):
+        LoadConfig(url="http://x", model="m", concurrency=None)
+    with pytest.raises(ValueError, match="exactly one"):
+        LoadConfig(url="http://x", model="m", concurrency=2, rate=1.0)

@@ -26,6 +26,21 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _load(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from mini_llm_server.load import LoadConfig, run, summarize
+    from mini_llm_server.load_record import write_load_record
+
+    cfg = LoadConfig(url=args.url, model=args.model, num_requests=args.requests, concurrency=args.concurrency,
+                     rate=args.rate, output_tokens=tuple(args.output_tokens))  # fmt: skip
+    summary = summarize(*asyncio.run(run(cfg)))
+    for key, value in summary.items():
+        print(f"{key:>16}: {value if value is None or isinstance(value, int) else f'{value:.3f}'}")
+    print(f"wrote {write_load_record(cfg, summary, args.hardware)}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="mini-llm-server", description="A small vLLM: continuous batching engine.")
     sub = ap.add_subparsers(dest="command", required=True)
@@ -40,10 +55,21 @@ def main(argv: list[str] | None = None) -> int:
     v.add_argument("--host", default="127.0.0.1")
     v.add_argument("--port", type=int, default=8000)
     v.add_argument("--max-queue", type=int, default=64, help="waiting requests beyond which new ones get 429")
+    ld = sub.add_parser("load", help="drive a running server: closed-loop concurrency or open-loop Poisson rate")
+    ld.add_argument("--url", default="http://127.0.0.1:8000")
+    ld.add_argument("--model", default="tiny")
+    mode = ld.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--concurrency", type=int, help="closed loop: this many clients back to back")
+    mode.add_argument("--rate", type=float, help="open loop: Poisson arrivals, requests per second")
+    ld.add_argument("--requests", type=int, default=64)
+    ld.add_argument("--output-tokens", type=int, nargs=2, default=(16, 128), metavar=("MIN", "MAX"))
+    ld.add_argument("--hardware", help="the server's hardware label for the record (default: this machine's)")
     b = sub.add_parser("bench", help="the offline throughput benchmark (same as `mlsys bench mini-llm-server`)")
     b.add_argument("--scale", choices=("auto", "gpu", "cpu"), default="auto")
     b.add_argument("--tables", action="store_true")
     args = ap.parse_args(argv)
+    if args.command == "load":
+        return _load(args)
     if args.command == "serve":
         return _serve(args)
     if args.command == "bench":

@@ -1,0 +1,139 @@
+"""`mini-llm-server load`: a load generator for any OpenAI-compatible completions endpoint.
+
+Closed loop (`--concurrency N`: N clients, each sending its next request when the last one ends) or open
+loop (`--rate R`: Poisson arrivals at R requests/s whatever the server does, the way overload happens).
+Every request streams, so time to first token and the gaps between tokens are seen as a client sees
+them. Reports p50/p95/p99 TTFT, inter-token latency and end-to-end latency, requests/s, tokens/s, and
+errors (429s counted apart), and writes them as a harness record.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import statistics
+import time
+from dataclasses import dataclass, field
+
+import httpx
+
+WORDS = ("the", "model", "reads", "a", "prompt", "and", "writes", "tokens", "one", "at", "time", "while",
+         "server", "batches", "many", "requests", "into", "each", "step", "of", "engine", "GPU", "busy")  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LoadConfig:
+    url: str  # the server's base URL, e.g. http://127.0.0.1:8000
+    model: str
+    num_requests: int = 64
+    concurrency: int | None = None  # closed loop: this many clients back to back
+    rate: float | None = None  # requests per second, Poisson arrivals
+    prompt_words: tuple[int, int] = (8, 64)
+    output_tokens: tuple[int, int] = (16, 128)
+    seed: int = 0
+    timeout_s: float = 300.0
+
+    def __post_init__(self) -> None:
+        if (self.concurrency is None) == (self.rate is None):
+            raise ValueError("give exactly one of concurrency (closed loop) and rate (open loop)")
+        if self.concurrency is not None and self.concurrency < 1:
+            raise ValueError(f"concurrency must be >= 1, got {self.concurrency}")
+        if self.rate is not None and self.rate <= 0:
+            raise ValueError(f"rate must be positive, got {self.rate}")
+        if self.num_requests < 1:
+            raise ValueError(f"num_requests must be >= 1, got {self.num_requests}")
+
+
+@dataclass(slots=True)
+class Result:
+    status: int = 0  # HTTP status; 0: the connection failed
+    ttft: float | None = None
+    itl: list[float] = field(default_factory=list)
+    e2e: float | None = None
+    tokens: int = 0  # streamed chunks carrying text: one per token, except held-back partial characters
+    error: str | None = None
+
+
+def bodies(cfg: LoadConfig) -> list[dict]:
+    rng = random.Random(cfg.seed)
+    out = []
+    for _ in range(cfg.num_requests):
+        words = [rng.choice(WORDS) for _ in range(rng.randint(*cfg.prompt_words))]
+        out.append({"model": cfg.model, "prompt": " ".join(words), "max_tokens": rng.randint(*cfg.output_tokens),
+                    "temperature": 0.0, "stream": True})  # fmt: skip
+    return out
+
+
+async def one_request(client: httpx.AsyncClient, body: dict) -> Result:
+    res, t0 = Result(), time.perf_counter()
+    last = None
+    try:
+        async with client.stream("POST", "/v1/completions", json=body) as r:
+            res.status = r.status_code
+            if r.status_code != 200:
+                res.error = (await r.aread()).decode(errors="replace")[:200]
+                return res
+            async for line in r.aiter_lines():
+                if not line.startswith("data: ") or line == "data: [DONE]":
+                    continue
+                if json.loads(line[6:])["choices"][0]["text"]:
+                    now = time.perf_counter()
+                    if last is None:
+                        res.ttft = now - t0
+                    else:
+                        res.itl.append(now - last)
+                    last, res.tokens = now, res.tokens + 1
+        res.e2e = time.perf_counter() - t0
+    except httpx.HTTPError as e:
+        res.error = f"{type(e).__name__}: {e}"
+    return res
+
+
+async def run(cfg: LoadConfig) -> tuple[list[Result], float]:
+    """Send every request; returns the results and the wall time."""
+    work = bodies(cfg)
+    limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
+    async with httpx.AsyncClient(base_url=cfg.url, timeout=cfg.timeout_s, limits=limits) as client:
+        t0 = time.perf_counter()
+        if cfg.concurrency is not None:
+            queue = list(reversed(work))
+            results: list[Result] = []
+
+            async def worker():
+                while queue:
+                    results.append(await one_request(client, queue.pop()))
+
+            await asyncio.gather(*(worker() for _ in range(cfg.concurrency)))
+        else:
+            rng = random.Random(cfg.seed + 1)
+            tasks = []
+            for body in work:
+                tasks.append(asyncio.create_task(one_request(client, body)))
+                await asyncio.sleep(rng.expovariate(cfg.rate))
+            results = list(await asyncio.gather(*tasks))
+        return results, time.perf_counter() - t0
+
+
+def _pct(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    if len(values) == 1:
+        return values[0]
+    return statistics.quantiles(values, n=100, method="inclusive")[round(q) - 1]
+
+
+def summarize(results: list[Result], wall: float) -> dict:
+    ok = [r for r in results if r.status == 200 and r.error is None]
+    ttft = [r.ttft for r in ok if r.ttft is not None]
+    itl = [g for r in ok for g in r.itl]
+    e2e = [r.e2e for r in ok if r.e2e is not None]
+    summary = {"requests": len(results), "ok": len(ok), "rejected_429": sum(r.status == 429 for r in results),
+               "errors": sum(r.status != 429 and (r.status != 200 or r.error is not None) for r in results),
+               "requests_per_s": len(ok) / wall, "tokens_per_s": sum(r.tokens for r in ok) / wall,
+               "wall_s": wall}  # fmt: skip
+    for name, values in (("ttft", ttft), ("itl", itl), ("e2e", e2e)):
+        for q in (50, 95, 99):
+            v = _pct(values, q)
+            summary[f"{name}_p{q}_ms"] = None if v is None else v * 1e3
+    return summary
