@@ -122,8 +122,8 @@ class FlashAttention(torch.autograd.Function):
 def attention_with_lse(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = False, scale: float | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Like `attention`, also returning the per-row log-sum-exp of the scaled scores."""
-    check_inputs(q, k, v)
+    """Like `attention`, also returning the per-row log-sum-exp of the scaled scores. The inputs are checked
+    once, inside the custom op (which also guards direct `torch.ops` calls)."""
     return FlashAttention.apply(q, k, v, bool(causal), _scale(q, scale))
 
 
