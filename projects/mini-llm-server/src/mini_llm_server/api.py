@@ -167,7 +167,10 @@ def create_app(engine: AsyncEngine, tokenizer: Tokenizer, config: ServiceConfig 
             now = time.perf_counter()
             if out.new_tokens:
                 metrics.tokens.inc(len(out.new_tokens))
-                metrics.ttft.observe(now - t_start) if t_last is None else metrics.itl.observe(now - t_last)
+                if t_last is None:
+                    metrics.ttft.observe(now - t_start)
+                else:
+                    metrics.itl.observe(now - t_last)
                 t_last = now
             text = tokenizer.decode(out.output)
             cut = min((text.find(s) for s in stops if s and s in text), default=-1)

@@ -99,8 +99,7 @@ class BlockManager:
                 parent = h
                 self.prefix_hits += 1
         self._seq_hashes[seq.seq_id] = hashes
-        seq.num_cached = min(len(seq.block_table) * bs, len(tokens) - 1)
-        seq.num_computed = seq.num_cached
+        seq.num_computed = min(len(seq.block_table) * bs, len(tokens) - 1)
 
     # end-excerpt
 

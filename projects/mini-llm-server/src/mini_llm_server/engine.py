@@ -130,8 +130,7 @@ class LLMEngine:
         t0 = time.perf_counter()
         schedule = self.scheduler.schedule(self.clock())
         for seq in schedule.timed_out:
-            seq.status, seq.finish_reason = Status.FINISHED, "timeout"
-            self.seqs.pop(seq.seq_id, None)
+            self._finish(seq, "timeout")
             outputs.append(RequestOutput(seq.seq_id, [], list(seq.output), True, "timeout"))
         t1 = time.perf_counter()
         if not schedule.seqs:

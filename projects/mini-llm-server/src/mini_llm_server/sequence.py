@@ -28,11 +28,9 @@ class Sequence:
     status: Status = Status.WAITING
     block_table: list[int] = field(default_factory=list)
     num_computed: int = 0  # leading tokens whose K/V are in the cache
-    num_cached: int = 0  # of the prompt, tokens found in the prefix cache at admission
     finish_reason: str | None = None  # "stop", "length", "context", "abort", "timeout"
     generator: torch.Generator | None = None
     num_preemptions: int = 0
-    first_token_time: float | None = None
 
     @property
     def tokens(self) -> list[int]:
@@ -45,8 +43,3 @@ class Sequence:
     @property
     def finished(self) -> bool:
         return self.status is Status.FINISHED
-
-    @property
-    def in_prefill(self) -> bool:
-        """True while tokens other than the newest sampled one still lack K/V (prompt, or after preemption)."""
-        return self.num_computed < self.num_tokens - 1
