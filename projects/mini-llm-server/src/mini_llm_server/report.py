@@ -115,8 +115,10 @@ def _hf_model(model: Transformer, device: torch.device):
 
 def decode_rate(model: Transformer, tokens: int) -> float:
     """Batch-1 decode tokens/s of the engine: the time from the first sampled token to the last."""
-    engine = LLMEngine(model, EngineConfig(num_blocks=1 + (16 + tokens) // 16 + 1))
-    engine.add_request(list(range(1, 17)), SamplingParams(temperature=0.0, max_new_tokens=tokens))
+    prompt, block_size = list(range(1, 17)), EngineConfig().block_size
+    # a pool of exactly this request's blocks: the batch-1 step reads only its own cache either way
+    engine = LLMEngine(model, EngineConfig(num_blocks=-(-(len(prompt) + tokens) // block_size)))
+    engine.add_request(prompt, SamplingParams(temperature=0.0, max_new_tokens=tokens))
     engine.step()  # prefill and the first token
     device = model.lm_head.weight.device
     _sync(device)
