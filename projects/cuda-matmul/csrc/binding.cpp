@@ -14,7 +14,7 @@ constexpr Launcher FP32_RUNGS[] = {sgemm_01_naive,        sgemm_02_coalesced,  s
                                    sgemm_04_blocktile_1d, sgemm_05_blocktile_2d, sgemm_06_vectorized,
                                    sgemm_07_warptile,     sgemm_08_double_buffer};
 constexpr int64_t NUM_FP32 = sizeof(FP32_RUNGS) / sizeof(FP32_RUNGS[0]);
-constexpr int64_t TENSOR_CORE_RUNG = 9;
+constexpr int64_t TENSOR_CORE_RUNG = 9, WGMMA_RUNG = 10;
 
 void gemm(int64_t rung, const at::Tensor &A, const at::Tensor &B, at::Tensor &C, double alpha, double beta) {
   TORCH_CHECK(A.is_cuda() && B.is_cuda() && C.is_cuda(), "gemm: A, B and C must be CUDA tensors");
@@ -35,6 +35,14 @@ void gemm(int64_t rung, const at::Tensor &A, const at::Tensor &B, at::Tensor &C,
     TORCH_CHECK(A.scalar_type() == at::kBFloat16 && B.scalar_type() == at::kBFloat16,
                 "gemm: the tensor-core rung takes bfloat16 A and B");
     gemm_09_tensor_core(M, N, K, alpha, A.data_ptr(), B.data_ptr(), beta, C.data_ptr<float>(), stream);
+  } else if (rung == WGMMA_RUNG) {
+    TORCH_CHECK(A.scalar_type() == at::kBFloat16 && B.scalar_type() == at::kBFloat16,
+                "gemm: the wgmma rung takes bfloat16 A and B");
+    // TMA needs 16-byte row strides and the sm_90a kernel; other shapes or GPUs take rung 9's kernel.
+    if (gemm_10_wgmma_supported(N, K, A.data_ptr(), B.data_ptr()))
+      gemm_10_wgmma(M, N, K, alpha, A.data_ptr(), B.data_ptr(), beta, C.data_ptr<float>(), stream);
+    else
+      gemm_09_tensor_core(M, N, K, alpha, A.data_ptr(), B.data_ptr(), beta, C.data_ptr<float>(), stream);
   } else {
     TORCH_CHECK(false, "gemm: no rung ", rung);
   }

@@ -14,3 +14,6 @@ SGEMM_LAUNCHER(sgemm_07_warptile);
 SGEMM_LAUNCHER(sgemm_08_double_buffer);
 void gemm_09_tensor_core(int M, int N, int K, float alpha, const void *A, const void *B, float beta, float *C,
                          cudaStream_t s);
+void gemm_10_wgmma(int M, int N, int K, float alpha, const void *A, const void *B, float beta, float *C,
+                   cudaStream_t s);
+bool gemm_10_wgmma_supported(int N, int K, const void *A, const void *B);

@@ -42,3 +42,20 @@ def test_misaligned_views_take_the_scalar_path():
 def test_device_errors():
     with pytest.raises(ValueError, match="one CUDA device"):
         gemm(torch.randn(4, 4, device="cuda"), torch.randn(4, 4), rung=1)
+
+
+def _kernels_launched(fn) -> list[str]:
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    return [e.name for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+
+
+def test_wgmma_rung_runs_its_kernel_where_tma_allows_and_rung_9_elsewhere():
+    """Rung 10 must not silently be rung 9: aligned shapes launch the TMA/wgmma kernel, odd ones WMMA."""
+    a, b = torch.randn(256, 512, device="cuda").bfloat16(), torch.randn(512, 384, device="cuda").bfloat16()
+    names = _kernels_launched(lambda: gemm(a, b, rung="wgmma"))
+    assert any("wgmma" in n for n in names) and not any("wmma_kernel" in n for n in names), names
+    odd = torch.randn(512, 383, device="cuda").bfloat16()  # N % 8 != 0: rows are not 16-byte strided
+    names = _kernels_launched(lambda: gemm(a, odd, rung="wgmma"))
+    assert any("wmma_kernel" in n for n in names), names

@@ -28,6 +28,7 @@ RUNGS = (
     Rung(number=7, name="warptile", source="07_warptile.cu", dtype="fp32", idea="warp tiles, 128 outputs/thread"),
     Rung(number=8, name="double_buffer", source="08_double_buffer.cu", dtype="fp32", idea="cp.async stages, tuned"),
     Rung(number=9, name="tensor_core", source="09_tensor_core.cu", dtype="bf16", idea="bf16 WMMA on tensor cores"),
+    Rung(number=10, name="wgmma", source="10_wgmma.cu", dtype="bf16", idea="TMA + wgmma, warp-specialised"),
 )
 BY_NAME = {r.name: r for r in RUNGS} | {r.label: r for r in RUNGS} | {str(r.number): r for r in RUNGS}
 

@@ -24,6 +24,7 @@ SHAPES = [(str(n), n, n, n) for n in SQUARE] + TRANSFORMER
 CHECK_SHAPES = [(509, 385, 263), (1024, 1024, 1024), (64, 8, 1000), (1, 1, 1)]
 TOLERANCE = 1e-5  # relative Frobenius error against float64, fp32 accumulation over K <= 1000
 PROFILE_N = 4096
+FP32_LABELS = {r.label for r in RUNGS if r.dtype == "fp32"}
 
 
 def _inputs(rung_dtype: str, M: int, N: int, K: int, seed: int):
@@ -175,7 +176,7 @@ def _figures(ctx: BenchContext, ladder) -> None:
         ),
         "ladder",
     )
-    tc = {"09_tensor_core": at["09_tensor_core"], "cuBLAS bf16": at["cublas_bf16"]}
+    tc = {r.label: at[r.label] for r in RUNGS if r.dtype == "bf16"} | {"cuBLAS bf16": at["cublas_bf16"]}
     ctx.figure(bar_chart(tc, title=f"bf16 tensor cores at {PROFILE_N}^3", ylabel="TFLOP/s"), "tensor-core")
     series = {}
     for name in [r.label for r in RUNGS] + ["cublas_fp32", "cublas_bf16"]:
@@ -252,7 +253,7 @@ def _ncu(ctx: BenchContext) -> None:
     pts = [
         (r["rung"], r["intensity"], flops / (r["duration_ms"] * 1e-3) / 1e12)
         for r in rec.rows
-        if r["intensity"] and "bf16" not in r["rung"] and r["rung"] != "09_tensor_core"
+        if r["intensity"] and r["rung"] in FP32_LABELS | {"cublas_fp32"}
     ]
     ctx.figure(
         roofline_chart(
@@ -279,11 +280,11 @@ def headline(results: ResultSet) -> list[str]:
     if rec is None:
         return []
     at = {r["rung"]: r for r in rec.rows if r["shape"] == str(PROFILE_N)}
-    fp32 = [r for r in at.values() if r["rung"][:2].isdigit() and r["rung"] != "09_tensor_core"]
-    best = max(fp32, key=lambda r: r["TFLOPs"])
+    best = max((at[label] for label in FP32_LABELS), key=lambda r: r["TFLOPs"])
+    tc = max((at[r.label] for r in RUNGS if r.dtype == "bf16"), key=lambda r: r["TFLOPs"])
     return [
         f"best FP32 rung {100 * best['of_cublas']:.0f}% of cuBLAS at {PROFILE_N}",
-        f"tensor cores {100 * at['09_tensor_core']['of_cublas']:.0f}% of cuBLAS bf16",
+        f"tensor cores {100 * tc['of_cublas']:.0f}% of cuBLAS bf16",
         f"{best['TFLOPs'] / at['01_naive']['TFLOPs']:.0f}x over naive",
     ]
 
