@@ -9,7 +9,8 @@
 //    handing STAGES shared-memory buffers back and forth through mbarriers (full: data landed;
 //    empty: both consumers are done reading). setmaxnreg moves registers from producer to consumers,
 //    which hold the 64 x 256 fp32 accumulator tile: 128 registers per thread.
-// Block tile 128 x 256 x 64, four stages (4 x 48 KiB of shared memory). A is K-major (row-major M x K);
+// Block tile 128 x 256 x 64, four stages (4 x 48 KiB of shared memory), blocks launched in groups of
+// GROUP_M row tiles for L2 reuse. A is K-major (row-major M x K);
 // B is row-major K x N, i.e. N-major, which wgmma reads transposed (imm-trans-b = 1).
 // TMA needs 16-byte row strides, so the binding routes shapes with K or N not a multiple of 8 to rung 9.
 #include <cuda.h>  // CUtensorMap and its enums only; the driver function is fetched at run time
@@ -22,7 +23,7 @@
 #include "common.cuh"
 
 namespace {
-constexpr int BM = 128, BN = 256, BK = 64, STAGES = 4;
+constexpr int BM = 128, BN = 256, BK = 64, STAGES = 4, GROUP_M = 16;
 constexpr int CONSUMERS = 2, THREADS = 128 * (1 + CONSUMERS);
 constexpr int SWIZZLE_BYTES = 128, CHUNK = SWIZZLE_BYTES / 2;  // 64 bf16 per swizzled row
 constexpr int A_STAGE_BYTES = BM * BK * 2, B_STAGE_BYTES = BK * BN * 2;
@@ -115,7 +116,13 @@ __global__ void __launch_bounds__(THREADS, 1)
   unsigned char *sA = smem, *sB = smem + STAGES * A_STAGE_BYTES;
   uint64_t *full = reinterpret_cast<uint64_t *>(sB + STAGES * B_STAGE_BYTES), *empty = full + STAGES;
 
-  const int wg = threadIdx.x / 128, m0 = blockIdx.y * BM, n0 = blockIdx.x * BN;
+  // Grouped launch order: consecutive blocks walk down GROUP_M row tiles before moving right, so one
+  // wave of 132 blocks touches a 2048 x ~2048 patch of C and its A rows and B columns stay in L2
+  // (row-major order would stream all of B through L2 every wave once B outgrows it).
+  const int tiles_m = ceil_div(M, BM), tiles_n = ceil_div(N, BN), per_group = GROUP_M * tiles_n;
+  const int first_m = blockIdx.x / per_group * GROUP_M, group_rows = min(tiles_m - first_m, GROUP_M);
+  const int m0 = (first_m + blockIdx.x % per_group % group_rows) * BM, n0 = blockIdx.x % per_group / group_rows * BN;
+  const int wg = threadIdx.x / 128;
   const int k_tiles = ceil_div(K, BK);
   if (threadIdx.x == 0) {
     for (int s = 0; s < STAGES; ++s) {
@@ -238,6 +245,6 @@ void gemm_10_wgmma(int M, int N, int K, float alpha, const void *A, const void *
            cudaSuccess;
   }();
   if (!sized) throw std::runtime_error("gemm rung 10: could not reserve shared memory for the kernel");
-  dim3 grid(ceil_div(N, BN), ceil_div(M, BM));
-  gemm_bf16_wgmma_kernel<<<grid, THREADS, SMEM_BYTES, stream>>>(M, N, K, alpha, beta, C, a_map, b_map);
+  const int blocks = ceil_div(M, BM) * ceil_div(N, BN);
+  gemm_bf16_wgmma_kernel<<<blocks, THREADS, SMEM_BYTES, stream>>>(M, N, K, alpha, beta, C, a_map, b_map);
 }
