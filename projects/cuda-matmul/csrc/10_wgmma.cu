@@ -133,6 +133,7 @@ __global__ void __launch_bounds__(THREADS, 1)
   }
   __syncthreads();
 
+  // excerpt: producer-consumer
   if (wg == 0) {  // producer warpgroup: one thread issues every copy, the rest only give up registers
     asm volatile("setmaxnreg.dec.sync.aligned.u32 40;");
     if (threadIdx.x == 0) {
@@ -169,6 +170,7 @@ __global__ void __launch_bounds__(THREADS, 1)
     if (kt > 0) bar_arrive(&empty[(kt - 1) % STAGES]);
   }
   wgmma_wait<0>();
+  // end-excerpt
 
   const int t = threadIdx.x % 128, warp = t / 32, lane = t % 32;
   const int row = m0 + c * 64 + warp * 16 + lane / 4;

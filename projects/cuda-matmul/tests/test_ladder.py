@@ -81,3 +81,10 @@ def test_rung8_compiles_the_tuned_configuration():
     stages = int(re.search(r"TUNED_STAGES = (\d+);", src).group(1))
     assert (*map(int, shape.split(",")), stages) == TUNED
     assert TUNED in CONFIGS
+
+
+def test_hopper_is_built_as_the_arch_specific_target():
+    """wgmma and setmaxnreg exist only in sm_90a; every other entry of the arch list is left as given."""
+    assert build.arch_specific("9.0") == "9.0a"
+    assert build.arch_specific("8.0;9.0") == "8.0;9.0a"
+    assert build.arch_specific("8.6 9.0+PTX") == "8.6;9.0+PTX"
