@@ -196,12 +196,32 @@ def test_bench_at_cpu_scale_writes_valid_records(tmp_path):
     assert read_record(tmp_path / "decode.json").rows[0]["tok_per_s"] > 0
 
 
+def test_padded_decode_batches_write_only_the_scratch_block(model):
+    """The CUDA-graph path's padding, run eagerly on the CPU: decode steps of 1..5 sequences padded to 2, 4
+    or 8 rows must leave every sequence's output and cache exactly as the unpadded path does."""
+    from mini_llm_server.cuda_graphs import DecodeGraphs, graph_batch_sizes
+
+    assert graph_batch_sizes(8) == [1, 2, 4, 8] and graph_batch_sizes(40) == [1, 2, 4, 8, 16, 32, 40]
+    prompts = _prompts(5, seed=12)
+    engine = LLMEngine(model, EngineConfig(num_blocks=96, block_size=4, attention_backend="triton", max_num_seqs=8))
+    engine.runner.decode_graphs = DecodeGraphs(engine.runner, 8)
+    assert engine.generate(prompts, GREEDY) == _alone(model, prompts)
+    assert engine.runner.decode_graphs.replays > 0
+
+
 @pytest.mark.gpu
-def test_engine_on_gpu_with_the_paged_kernel_matches_one_at_a_time(model):
+@pytest.mark.parametrize("cuda_graphs", [True, False], ids=["cuda-graphs", "eager"])
+def test_engine_on_gpu_with_the_paged_kernel_matches_one_at_a_time(model, cuda_graphs):
     gpu_model = Transformer(model.cfg).cuda().eval()
     gpu_model.load_state_dict(model.state_dict())
     prompts = _prompts(9, seed=11)
-    engine = LLMEngine(gpu_model, EngineConfig(num_blocks=24, block_size=4, max_num_batched_tokens=64))
+    config = EngineConfig(num_blocks=24, block_size=4, max_num_batched_tokens=64, cuda_graphs=cuda_graphs)
+    engine = LLMEngine(gpu_model, config)
     assert engine.runner.paged_kernel  # "auto" picks the Triton kernel on CUDA
     assert engine.generate(prompts, GREEDY) == _alone(gpu_model, prompts)
     assert engine.metrics()["preemptions"] > 0 and engine.metrics()["kv_blocks_used"] == 0
+    graphs = engine.runner.decode_graphs
+    if cuda_graphs:
+        assert graphs.graphs and graphs.replays > 0, "no decode step replayed a CUDA graph"
+    else:
+        assert graphs is None

@@ -20,6 +20,9 @@ class EngineConfig:
     policy: str = "continuous"  # "continuous" (iteration-level), "static" (batch to completion), "fifo" (one)
     # decode attention: "triton" (the paged kernel), "torch" (gather + SDPA), "auto" (triton on CUDA)
     attention_backend: str = "auto"
+    # on CUDA with the triton backend: decode-only steps replay CUDA graphs captured at start-up for padded
+    # batch sizes up to max_num_seqs (cuda_graphs.py); False runs every step eagerly
+    cuda_graphs: bool = True
 
     def __post_init__(self) -> None:
         if self.block_size < 1:

@@ -63,8 +63,10 @@ class LLMEngine:
         self.blocks = BlockManager(num_blocks, config.block_size, config.enable_prefix_caching)
         self.scheduler = Scheduler(config, self.blocks)
         backend = config.attention_backend
-        paged = backend == "triton" or (backend == "auto" and model.lm_head.weight.device.type == "cuda")
-        self.runner = ModelRunner(model, num_blocks, config.block_size, paged_kernel=paged)
+        on_gpu = model.lm_head.weight.device.type == "cuda"
+        paged = backend == "triton" or (backend == "auto" and on_gpu)
+        graphs = config.max_num_seqs if config.cuda_graphs and paged and on_gpu else 0
+        self.runner = ModelRunner(model, num_blocks, config.block_size, paged_kernel=paged, decode_graph_batch=graphs)
         self.seqs: dict[int, Sequence] = {}
         self._ids = itertools.count()
         self._done_at_add: list[RequestOutput] = []
@@ -143,13 +145,8 @@ class LLMEngine:
             item.seq.num_computed = item.start + item.num_tokens
             self.blocks.commit(item.seq)
         self._account(schedule.num_tokens)
-        row = 0
-        for item in schedule.seqs:
-            seq = item.seq
-            if not item.samples:
-                continue  # a prompt chunk short of the end: nothing to sample yet
-            token = int(sample(logits[row : row + 1], seq.params, seq.generator)[0])
-            row += 1
+        sampling = [item.seq for item in schedule.seqs if item.samples]  # a prompt chunk short of its end: none
+        for seq, token in zip(sampling, self._sample(logits, sampling), strict=True):
             seq.output.append(token)
             self.tokens_generated += 1
             reason = self._stop_reason(seq, token)
@@ -162,6 +159,21 @@ class LLMEngine:
         return outputs
 
     # end-excerpt
+
+    @staticmethod
+    def _sample(logits: torch.Tensor, seqs: list[Sequence]) -> list[int]:
+        """One token per logits row. Greedy rows share one argmax and one device-to-host copy (a copy per
+        sequence would stall the GPU once per sequence per step); the others sample with their own params."""
+        tokens = [0] * len(seqs)
+        greedy = [i for i, s in enumerate(seqs) if s.params.greedy]
+        if greedy:
+            rows = logits if len(greedy) == len(seqs) else logits[greedy]
+            for i, t in zip(greedy, rows.argmax(dim=-1).tolist(), strict=True):
+                tokens[i] = t
+        for i, s in enumerate(seqs):
+            if not s.params.greedy:
+                tokens[i] = int(sample(logits[i : i + 1], s.params, s.generator)[0])
+        return tokens
 
     def _stop_reason(self, seq: Sequence, token: int) -> str | None:
         if token in seq.params.stop_token_ids:

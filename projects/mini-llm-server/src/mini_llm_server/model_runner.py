@@ -3,9 +3,10 @@
 One step is one forward over every scheduled token, packed into a single (N, C) batch whatever mix of
 prompt chunks and decode tokens it holds: the projections and the MLP see one big matrix, and only
 attention looks at sequences one by one, reading each one's K/V through its block table. The KV pool is
-two tensors per model, (layers, blocks, block_size, kv_heads, head_dim), allocated once. Sequences
-decoding one token go through the paged Triton kernel in one launch per layer (when enabled); prompt
-chunks gather their blocks and use SDPA.
+two tensors per model, (layers, blocks + 1, block_size, kv_heads, head_dim), allocated once; the extra
+block is scratch that padding rows of a CUDA-graph batch write into. Sequences decoding one token go
+through the paged Triton kernel in one launch per layer (when enabled); prompt chunks gather their blocks
+and use SDPA. A step of nothing but decode tokens replays a captured CUDA graph (cuda_graphs.py).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import torch
 from tinyllm.model import Transformer, apply_rope, sdpa_attention
 
+from mini_llm_server.cuda_graphs import DecodeGraphs
 from mini_llm_server.paged_attention import paged_decode_attention
 from mini_llm_server.scheduler import ScheduledSeq
 
@@ -23,14 +25,26 @@ def kv_bytes_per_block(model: Transformer, block_size: int) -> int:
 
 
 class ModelRunner:
-    def __init__(self, model: Transformer, num_blocks: int, block_size: int, paged_kernel: bool = False) -> None:
+    def __init__(
+        self,
+        model: Transformer,
+        num_blocks: int,
+        block_size: int,
+        paged_kernel: bool = False,
+        decode_graph_batch: int = 0,
+    ) -> None:
+        """decode_graph_batch > 0 (with the paged kernel): decode-only steps of up to that many sequences run
+        through DecodeGraphs, captured as CUDA graphs on a GPU, padded but eager elsewhere."""
         self.model, self.block_size, self.num_blocks = model.eval(), block_size, num_blocks
         self.paged_kernel = paged_kernel
         cfg, p = model.cfg, model.lm_head.weight
-        shape = (cfg.n_layers, num_blocks, block_size, cfg.n_kv_heads, cfg.hd)
+        shape = (cfg.n_layers, num_blocks + 1, block_size, cfg.n_kv_heads, cfg.hd)  # + 1: the scratch block
         self.k_cache = torch.zeros(shape, dtype=p.dtype, device=p.device)
         self.v_cache = torch.zeros(shape, dtype=p.dtype, device=p.device)
+        self.scratch_block = num_blocks
         self.device = p.device
+        self.max_blocks_per_seq = -(-cfg.max_seq_len // block_size)
+        self.decode_graphs = DecodeGraphs(self, decode_graph_batch) if paged_kernel and decode_graph_batch else None
 
     def copy_blocks(self, copies: list[tuple[int, int]]) -> None:
         """Copy-on-write: duplicate shared blocks before a sequence writes into its private copy."""
@@ -49,17 +63,27 @@ class ModelRunner:
     def execute(self, batch: list[ScheduledSeq]) -> torch.Tensor:
         """Compute K/V for every scheduled token and return next-token logits (one row per item whose
         step reaches its newest token, in batch order)."""
-        model, cfg = self.model, self.model.cfg
+        if self.decode_graphs is not None and self.decode_graphs.fits(batch):
+            return self.decode_graphs.run(batch)
         tokens = torch.tensor([t for it in batch for t in it.seq.tokens[it.start : it.start + it.num_tokens]],
                               device=self.device)  # fmt: skip
         positions = torch.tensor([p for it in batch for p in range(it.start, it.start + it.num_tokens)],
                                  device=self.device)  # fmt: skip
         slots = torch.tensor([s for it in batch for s in self._slots(it)], device=self.device)
+        decode = self._decode_inputs(batch)
+        x = self.forward(tokens, positions, slots, lambda layer, q: self._attention(layer, q, batch, decode))
+        ends = torch.tensor([sum(b.num_tokens for b in batch[: j + 1]) - 1 for j, it in enumerate(batch)
+                             if it.samples], device=self.device, dtype=torch.long)  # fmt: skip
+        return self.model.lm_head(self.model.norm(x[ends]))
+
+    def forward(self, tokens: torch.Tensor, positions: torch.Tensor, slots: torch.Tensor, attend) -> torch.Tensor:
+        """The layers over N packed tokens: writes each token's K/V to its cache slot, attends through
+        `attend(layer, q) -> (N, H, D)`, returns the final hidden states (N, C)."""
+        model, cfg = self.model, self.model.cfg
         x = model.embed_tokens(tokens)  # (N, C)
         cos, sin = model.rotary(positions, x.dtype)  # (N, D)
         cos, sin = cos[:, None], sin[:, None]  # broadcast over heads
         H, K, D = cfg.n_heads, cfg.n_kv_heads, cfg.hd
-        decode = self._decode_inputs(batch)
         for i, layer in enumerate(model.layers):
             attn, h = layer.self_attn, layer.input_layernorm(x)
             q = apply_rope(attn.q_proj(h).view(-1, H, D), cos, sin)
@@ -67,12 +91,9 @@ class ModelRunner:
             v = attn.v_proj(h).view(-1, K, D)
             self.k_cache[i].view(-1, K, D)[slots] = k
             self.v_cache[i].view(-1, K, D)[slots] = v
-            attn_out = self._attention(i, q, batch, decode)
-            x = x + attn.o_proj(attn_out.reshape(-1, H * D))
+            x = x + attn.o_proj(attend(i, q).reshape(-1, H * D))
             x = x + layer.mlp(layer.post_attention_layernorm(x))
-        ends = torch.tensor([sum(b.num_tokens for b in batch[: j + 1]) - 1 for j, it in enumerate(batch)
-                             if it.samples], device=self.device, dtype=torch.long)  # fmt: skip
-        return model.lm_head(model.norm(x[ends]))
+        return x
 
     # end-excerpt
 

@@ -10,6 +10,7 @@ every system generates exactly the same number of tokens.
 
 from __future__ import annotations
 
+import gc
 import tempfile
 import time
 from pathlib import Path
@@ -18,7 +19,7 @@ import torch
 from mlsys_bench.project import BenchContext, Project, project_root
 from mlsys_bench.record import metric, param
 from mlsys_bench.results import ResultSet
-from mlsys_bench.timing import TimingConfig
+from mlsys_bench.timing import TimingConfig, time_gpu
 from tinyllm.config import ModelConfig
 from tinyllm.model import Transformer
 from tinyllm.sampling import SamplingParams
@@ -67,6 +68,14 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def _release(device: torch.device) -> None:
+    """Free a finished engine's KV pool and graphs now (the runner and its graphs refer to each other, so
+    only the cycle collector frees them), before the next engine sizes its pool from free memory."""
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
 def run_engine(model: Transformer, config: EngineConfig, reqs) -> dict:
     engine = LLMEngine(model, config)
     for prompt, out_len in reqs:
@@ -80,6 +89,8 @@ def run_engine(model: Transformer, config: EngineConfig, reqs) -> dict:
     _sync(device)
     elapsed = time.perf_counter() - t0
     m = engine.metrics()
+    del engine
+    _release(device)
     return {"tokens": generated, "seconds": elapsed, "kv_util": m["kv_util_at_peak"],
             "preemptions": m["preemptions"]}  # fmt: skip
 
@@ -113,11 +124,13 @@ def _hf_model(model: Transformer, device: torch.device):
     return hf.to(device).eval()
 
 
-def decode_rate(model: Transformer, tokens: int) -> float:
-    """Batch-1 decode tokens/s of the engine: the time from the first sampled token to the last."""
+def decode_rate(model: Transformer, tokens: int, cuda_graphs: bool) -> dict:
+    """Batch-1 decode through the engine: tokens/s from the first sampled token to the last, and, under CUDA
+    graphs, the rate of the batch-1 graph replayed alone (the GPU's share of a step, without the host's)."""
     prompt, block_size = list(range(1, 17)), EngineConfig().block_size
     # a pool of exactly this request's blocks: the batch-1 step reads only its own cache either way
-    engine = LLMEngine(model, EngineConfig(num_blocks=-(-(len(prompt) + tokens) // block_size)))
+    config = EngineConfig(num_blocks=-(-(len(prompt) + tokens) // block_size), max_num_seqs=1, cuda_graphs=cuda_graphs)
+    engine = LLMEngine(model, config)
     engine.add_request(prompt, SamplingParams(temperature=0.0, max_new_tokens=tokens))
     engine.step()  # prefill and the first token
     device = model.lm_head.weight.device
@@ -126,7 +139,13 @@ def decode_rate(model: Transformer, tokens: int) -> float:
     while engine.has_unfinished():
         engine.step()
     _sync(device)
-    return (tokens - 1) / (time.perf_counter() - t0)
+    rate = (tokens - 1) / (time.perf_counter() - t0)
+    graphs, replay = engine.runner.decode_graphs, None
+    if graphs is not None and 1 in graphs.graphs:
+        replay = 1.0 / time_gpu(graphs.graphs[1].replay, config=TimingConfig(warmup=3, repeats=50)).median
+    del engine, graphs
+    _release(device)
+    return {"tok_per_s": rate, "replay_tok_per_s": replay}
 
 
 def bench(ctx: BenchContext) -> None:
@@ -153,12 +172,13 @@ def bench(ctx: BenchContext) -> None:
                              else fifo_reqs), "tokens": r["tokens"], "seconds": r["seconds"],
                              "tok_per_s": r["tokens"] / r["seconds"], "kv_util": r["kv_util"],
                              "preemptions": r["preemptions"]})  # fmt: skip
-        rate = decode_rate(model, s["decode_tokens"])
         weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
         roofline = ctx.ceilings.copy_GBps * 1e9 / weight_bytes if ctx.ceilings else None
-        decode_rows.append({"model": name, "weight_MB": weight_bytes / 1e6, "tok_per_s": rate,
-                            "roofline_tok_per_s": roofline,
-                            "of_roofline": None if roofline is None else rate / roofline})  # fmt: skip
+        for graphs in (True, False) if ctx.device.type == "cuda" else (False,):
+            r = decode_rate(model, s["decode_tokens"], cuda_graphs=graphs)
+            decode_rows.append({"model": name, "mode": "cuda-graphs" if graphs else "eager",
+                                "weight_MB": weight_bytes / 1e6, **r, "roofline_tok_per_s": roofline,
+                                "of_roofline": None if roofline is None else r["tok_per_s"] / roofline})  # fmt: skip
         del hf
     gpu = ctx.scale == "gpu"
     ctx.record(
@@ -185,8 +205,10 @@ def bench(ctx: BenchContext) -> None:
         benchmark="decode",
         columns=[
             param("model"),
+            param("mode", "decode steps under CUDA graphs or eager"),
             metric("weight_MB", "MB"),
-            metric("tok_per_s", "tokens/s"),
+            metric("tok_per_s", "tokens/s", "through the engine: schedule, forward, sample"),
+            metric("replay_tok_per_s", "tokens/s", "the batch-1 CUDA graph replayed alone (GPU time only)"),
             metric("roofline_tok_per_s", "tokens/s", "copy bandwidth / weight bytes"),
             metric("of_roofline", "fraction"),
         ],  # fmt: skip
@@ -194,7 +216,8 @@ def bench(ctx: BenchContext) -> None:
         config={"prompt_tokens": 16, "decode_tokens": s["decode_tokens"]},
         timing=TimingConfig(warmup=0, repeats=1),
         method="wall-clock",
-        notes="Batch-1 decode through the engine (eager, no CUDA graphs yet).",
+        notes="Batch-1 decode through the engine, wall clock from the first sampled token to the last; "
+        "replay_tok_per_s from CUDA events around replays of the batch-1 graph.",
     )
 
 
