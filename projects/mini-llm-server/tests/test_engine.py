@@ -186,10 +186,11 @@ def test_bench_at_cpu_scale_writes_valid_records(tmp_path):
     report.bench(ctx)
     rec = read_record(tmp_path / "throughput.json")
     s = report.scale_settings("cpu")
+    cfg = ModelConfig(vocab_size=256, dim=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=128, max_seq_len=256)
     assert {r["system"] for r in rec.rows} == {"continuous", "static", "fifo", "hf-generate"}
     assert len(rec.rows) == 4 * len(s["batch_sizes"])
     for r in rec.rows:  # every system generated exactly the requested output lengths
-        reqs = report.workload(r["requests"], s, 256, seed=1 if r["system"] == "fifo" else r["batch"])
+        reqs = report.workload(r["requests"], s, cfg, seed=1 if r["system"] == "fifo" else r["batch"])
         assert r["tokens"] == sum(o for _, o in reqs) and r["tok_per_s"] > 0
         if r["system"] != "hf-generate":
             assert 0 < r["kv_util"] <= 1

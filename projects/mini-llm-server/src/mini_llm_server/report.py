@@ -51,15 +51,17 @@ def _models(ctx: BenchContext, s: dict) -> dict[str, Transformer]:
     return {"tinyllama-1.1b-random": Transformer(TINYLLAMA).to(ctx.device, dtype).eval(), "small-trained": small}
 
 
-def workload(n: int, s: dict, vocab: int, seed: int) -> list[tuple[list[int], int]]:
+def workload(n: int, s: dict, cfg: ModelConfig, seed: int) -> list[tuple[list[int], int]]:
     """n (prompt, output length) pairs, lengths uniform in the scale's ranges (as vLLM's throughput
-    benchmark's random dataset), prompt tokens uniform over the vocabulary."""
+    benchmark's random dataset), prompt tokens uniform over the vocabulary; prompts shortened where the
+    model's context could not hold the longest output after them."""
     g = torch.Generator().manual_seed(seed)
+    longest_prompt = min(s["prompt_len"][1], cfg.max_seq_len - s["output_len"][1])
     reqs = []
     for _ in range(n):
-        p = int(torch.randint(s["prompt_len"][0], s["prompt_len"][1] + 1, (), generator=g))
+        p = int(torch.randint(s["prompt_len"][0], longest_prompt + 1, (), generator=g))
         o = int(torch.randint(s["output_len"][0], s["output_len"][1] + 1, (), generator=g))
-        reqs.append((torch.randint(0, vocab, (p,), generator=g).tolist(), o))
+        reqs.append((torch.randint(0, cfg.vocab_size, (p,), generator=g).tolist(), o))
     return reqs
 
 
@@ -148,25 +150,34 @@ def decode_rate(model: Transformer, tokens: int, cuda_graphs: bool) -> dict:
     return {"tok_per_s": rate, "replay_tok_per_s": replay}
 
 
+def _run_system(system: str, model: Transformer, hf, batch: int, reqs) -> dict:
+    if system == "hf-generate":
+        return run_hf(hf, batch, reqs, model.lm_head.weight.device)
+    policy = {"continuous": "continuous", "static": "static"}[system]
+    return run_engine(model, EngineConfig(policy=policy, max_num_seqs=batch, max_num_batched_tokens=2048), reqs)
+
+
+def _log(model: str, system: str, batch: int, r: dict) -> None:
+    print(f"  {model} {system} batch {batch}: {r['tokens']} tokens in {r['seconds']:.1f} s, "
+          f"{r['tokens'] / r['seconds']:.0f} tok/s", flush=True)  # fmt: skip
+
+
 def bench(ctx: BenchContext) -> None:
     s = scale_settings(ctx.scale)
     rows, decode_rows = [], []
     for name, model in ctx.progress(_models(ctx, s).items(), "models"):
         hf = _hf_model(model, ctx.device)
-        vocab = model.cfg.vocab_size
-        run_engine(model, EngineConfig(), workload(2, s, vocab, seed=99))  # warm-up: allocator, kernels
-        fifo_reqs = workload(s["fifo_requests"], s, vocab, seed=1)
+        run_engine(model, EngineConfig(), workload(2, s, model.cfg, seed=99))  # warm-up: allocator, kernels
+        fifo_reqs = workload(s["fifo_requests"], s, model.cfg, seed=1)
         fifo = run_engine(model, EngineConfig(policy="fifo"), fifo_reqs)
+        _log(name, "fifo", 1, fifo)
         for bs in s["batch_sizes"]:
-            reqs = workload(max(s["min_requests"], s["requests_per_slot"] * bs), s, vocab, seed=bs)
-            results = {
-                "continuous": run_engine(model, EngineConfig(max_num_seqs=bs, max_num_batched_tokens=2048), reqs),
-                "static": run_engine(
-                    model, EngineConfig(policy="static", max_num_seqs=bs, max_num_batched_tokens=2048), reqs
-                ),  # fmt: skip
-                "hf-generate": run_hf(hf, bs, reqs, ctx.device),
-                "fifo": fifo,  # one at a time: the same at every batch size, measured once on its own set
-            }
+            reqs = workload(max(s["min_requests"], s["requests_per_slot"] * bs), s, model.cfg, seed=bs)
+            results = {}
+            for system in ("continuous", "static", "hf-generate"):
+                results[system] = _run_system(system, model, hf, bs, reqs)
+                _log(name, system, bs, results[system])
+            results["fifo"] = fifo  # one at a time: the same at every batch size, measured once on its own set
             for system, r in results.items():
                 rows.append({"model": name, "batch": bs, "system": system, "requests": len(reqs if system != "fifo"
                              else fifo_reqs), "tokens": r["tokens"], "seconds": r["seconds"],
@@ -176,6 +187,7 @@ def bench(ctx: BenchContext) -> None:
         roofline = ctx.ceilings.copy_GBps * 1e9 / weight_bytes if ctx.ceilings else None
         for graphs in (True, False) if ctx.device.type == "cuda" else (False,):
             r = decode_rate(model, s["decode_tokens"], cuda_graphs=graphs)
+            print(f"  {name} batch-1 decode, cuda graphs {graphs}: {r}", flush=True)
             decode_rows.append({"model": name, "mode": "cuda-graphs" if graphs else "eager",
                                 "weight_MB": weight_bytes / 1e6, **r, "roofline_tok_per_s": roofline,
                                 "of_roofline": None if roofline is None else r["tok_per_s"] / roofline})  # fmt: skip
