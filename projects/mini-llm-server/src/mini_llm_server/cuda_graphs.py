@@ -58,8 +58,7 @@ class DecodeGraphs:
         def attend(layer: int, q: torch.Tensor) -> torch.Tensor:
             return paged_decode_attention(q, r.k_cache[layer], r.v_cache[layer], self.tables[:G], lens, scale)
 
-        x = r.forward(tokens, positions, slots, attend)
-        return r.model.lm_head(r.model.norm(x))
+        return r.model.lm_head(r.forward(tokens, positions, slots, attend))
 
     @torch.no_grad()
     def _capture(self) -> None:

@@ -12,9 +12,11 @@ and use SDPA. A step of nothing but decode tokens replays a captured CUDA graph 
 from __future__ import annotations
 
 import torch
-from tinyllm.model import Transformer, apply_rope, sdpa_attention
+import torch.nn.functional as F
+from tinyllm.model import Transformer, sdpa_attention
 
 from mini_llm_server.cuda_graphs import DecodeGraphs
+from mini_llm_server.fused_ops import add_rmsnorm, rope_and_cache, silu_mul
 from mini_llm_server.paged_attention import paged_decode_attention
 from mini_llm_server.scheduler import ScheduledSeq
 
@@ -44,6 +46,10 @@ class ModelRunner:
         self.scratch_block = num_blocks
         self.device = p.device
         self.max_blocks_per_seq = -(-cfg.max_seq_len // block_size)
+        # one matmul for Q/K/V and one for gate/up per layer (copies of the model's weights, made once)
+        self.qkv_weight = [torch.cat([lay.self_attn.q_proj.weight, lay.self_attn.k_proj.weight,
+                                      lay.self_attn.v_proj.weight]) for lay in model.layers]  # fmt: skip
+        self.gate_up_weight = [torch.cat([lay.mlp.gate_proj.weight, lay.mlp.up_proj.weight]) for lay in model.layers]
         self.decode_graphs = DecodeGraphs(self, decode_graph_batch) if paged_kernel and decode_graph_batch else None
 
     def copy_blocks(self, copies: list[tuple[int, int]]) -> None:
@@ -54,10 +60,6 @@ class ModelRunner:
             self.k_cache[:, dst] = self.k_cache[:, src]
             self.v_cache[:, dst] = self.v_cache[:, src]
 
-    def _slots(self, item: ScheduledSeq) -> list[int]:
-        bs, table = self.block_size, item.seq.block_table
-        return [table[p // bs] * bs + p % bs for p in range(item.start, item.start + item.num_tokens)]
-
     # excerpt: execute
     @torch.no_grad()
     def execute(self, batch: list[ScheduledSeq]) -> torch.Tensor:
@@ -65,78 +67,81 @@ class ModelRunner:
         step reaches its newest token, in batch order)."""
         if self.decode_graphs is not None and self.decode_graphs.fits(batch):
             return self.decode_graphs.run(batch)
-        tokens = torch.tensor([t for it in batch for t in it.seq.tokens[it.start : it.start + it.num_tokens]],
-                              device=self.device)  # fmt: skip
-        positions = torch.tensor([p for it in batch for p in range(it.start, it.start + it.num_tokens)],
-                                 device=self.device)  # fmt: skip
-        slots = torch.tensor([s for it in batch for s in self._slots(it)], device=self.device)
+        tokens = self._to_device([t for it in batch for t in it.seq.tokens[it.start : it.start + it.num_tokens]])
+        positions = self._to_device([p for it in batch for p in range(it.start, it.start + it.num_tokens)])
+        slots = self._to_device([s for it in batch for s in self._slots(it, it.start)])
+        ends = self._to_device(
+            [sum(b.num_tokens for b in batch[: j + 1]) - 1 for j, it in enumerate(batch) if it.samples]
+        )
         decode = self._decode_inputs(batch)
-        x = self.forward(tokens, positions, slots, lambda layer, q: self._attention(layer, q, batch, decode))
-        ends = torch.tensor([sum(b.num_tokens for b in batch[: j + 1]) - 1 for j, it in enumerate(batch)
-                             if it.samples], device=self.device, dtype=torch.long)  # fmt: skip
-        return self.model.lm_head(self.model.norm(x[ends]))
+        # every prompt chunk's cache slots 0 .. start + num_tokens - 1, made once per step, not once per layer
+        history = {j: self._to_device(self._slots(it, 0)) for j, it in enumerate(batch) if j not in decode[0]}
+        h = self.forward(tokens, positions, slots, lambda layer, q: self._attention(layer, q, batch, decode, history))
+        return self.model.lm_head(h[ends])
 
     def forward(self, tokens: torch.Tensor, positions: torch.Tensor, slots: torch.Tensor, attend) -> torch.Tensor:
         """The layers over N packed tokens: writes each token's K/V to its cache slot, attends through
-        `attend(layer, q) -> (N, H, D)`, returns the final hidden states (N, C)."""
-        model, cfg = self.model, self.model.cfg
+        `attend(layer, q) -> (N, H, D)`, returns the final normalised hidden states (N, C). Each residual
+        add is fused with the RMSNorm after it, Q/K/V and gate/up are one matmul each, rotary embedding and
+        the cache write one kernel (fused_ops.py; with the paged kernel, else the same math in torch)."""
+        model, cfg, fused = self.model, self.model.cfg, self.paged_kernel
+        layers, eps = model.layers, model.norm.eps
+        H, K, D = cfg.n_heads, cfg.n_kv_heads, cfg.hd
         x = model.embed_tokens(tokens)  # (N, C)
         cos, sin = model.rotary(positions, x.dtype)  # (N, D)
-        cos, sin = cos[:, None], sin[:, None]  # broadcast over heads
-        H, K, D = cfg.n_heads, cfg.n_kv_heads, cfg.hd
-        for i, layer in enumerate(model.layers):
-            attn, h = layer.self_attn, layer.input_layernorm(x)
-            q = apply_rope(attn.q_proj(h).view(-1, H, D), cos, sin)
-            k = apply_rope(attn.k_proj(h).view(-1, K, D), cos, sin)
-            v = attn.v_proj(h).view(-1, K, D)
-            self.k_cache[i].view(-1, K, D)[slots] = k
-            self.v_cache[i].view(-1, K, D)[slots] = v
-            x = x + attn.o_proj(attend(i, q).reshape(-1, H * D))
-            x = x + layer.mlp(layer.post_attention_layernorm(x))
-        return x
+        x, h = add_rmsnorm(x, None, layers[0].input_layernorm.weight, eps, fused)
+        for i, layer in enumerate(layers):
+            k_cache, v_cache = self.k_cache[i].view(-1, K, D), self.v_cache[i].view(-1, K, D)
+            q = rope_and_cache(F.linear(h, self.qkv_weight[i]), cos, sin, slots, k_cache, v_cache, H, fused)
+            attn_out = layer.self_attn.o_proj(attend(i, q).reshape(-1, H * D))
+            x, h = add_rmsnorm(x, attn_out, layer.post_attention_layernorm.weight, eps, fused)
+            mlp_out = layer.mlp.down_proj(silu_mul(F.linear(h, self.gate_up_weight[i]), fused))
+            following = layers[i + 1].input_layernorm.weight if i + 1 < len(layers) else model.norm.weight
+            x, h = add_rmsnorm(x, mlp_out, following, eps, fused)
+        return h
 
     # end-excerpt
 
+    def _to_device(self, values: list[int]) -> torch.Tensor:
+        # non_blocking: a blocking host-to-device copy synchronises the stream, so the host would wait for
+        # the GPU to drain before it could queue anything more
+        return torch.tensor(values, dtype=torch.long).to(self.device, non_blocking=True)
+
+    def _slots(self, item: ScheduledSeq, first: int) -> list[int]:
+        """Cache slots of positions first .. start + num_tokens - 1 of a scheduled sequence."""
+        bs, table = self.block_size, item.seq.block_table
+        return [table[p // bs] * bs + p % bs for p in range(first, item.start + item.num_tokens)]
+
     def _decode_inputs(self, batch: list[ScheduledSeq]):
-        """Rows, padded block tables and lengths of the one-token items, for the paged kernel (or None)."""
-        if not self.paged_kernel:
-            return None
+        """Batch indices, token rows, padded block tables and lengths of the one-token items, for the paged
+        kernel; no items when the kernel is off."""
         rows, offset = [], 0
         for j, it in enumerate(batch):
-            if it.num_tokens == 1:
+            if it.num_tokens == 1 and self.paged_kernel:
                 rows.append((j, offset))
             offset += it.num_tokens
         if not rows:
-            return None
+            return set(), None, None, None
         tables = [batch[j].seq.block_table for j, _ in rows]
         width = max(len(t) for t in tables)
-        padded = torch.tensor([t + [0] * (width - len(t)) for t in tables], dtype=torch.int32, device=self.device)
-        lens = torch.tensor([batch[j].start + 1 for j, _ in rows], dtype=torch.int32, device=self.device)
-        return {j for j, _ in rows}, torch.tensor([o for _, o in rows], device=self.device), padded, lens
+        padded = self._to_device([b for t in tables for b in t + [0] * (width - len(t))]).view(len(rows), width)
+        lens = self._to_device([batch[j].start + 1 for j, _ in rows])
+        return {j for j, _ in rows}, self._to_device([o for _, o in rows]), padded.int(), lens
 
-    def _attention(self, layer: int, q: torch.Tensor, batch: list[ScheduledSeq], decode) -> torch.Tensor:
+    def _attention(self, layer: int, q: torch.Tensor, batch: list[ScheduledSeq], decode, history) -> torch.Tensor:
         """(N, H, D) attention output of every scheduled token, each sequence over its own cached positions."""
-        D = q.shape[-1]
+        D, (K, scale) = q.shape[-1], (self.model.cfg.n_kv_heads, q.shape[-1] ** -0.5)
         out = torch.empty_like(q)
-        paged = set()
-        if decode is not None:
-            paged, rows, tables, lens = decode
-            out[rows] = paged_decode_attention(q[rows], self.k_cache[layer], self.v_cache[layer], tables, lens, D**-0.5)
+        paged, rows, tables, lens = decode
+        if paged:
+            out[rows] = paged_decode_attention(q[rows], self.k_cache[layer], self.v_cache[layer], tables, lens, scale)
         offset = 0
         for j, it in enumerate(batch):
             if j not in paged:
                 q_seq = q[offset : offset + it.num_tokens].transpose(0, 1)[None]  # (1, H, T, D)
-                k_seq, v_seq = self._gather(layer, it)
+                k_seq = self.k_cache[layer].view(-1, K, D)[history[j]].transpose(0, 1)[None]  # (1, K, S, D)
+                v_seq = self.v_cache[layer].view(-1, K, D)[history[j]].transpose(0, 1)[None]
                 out[offset : offset + it.num_tokens] = sdpa_attention(q_seq, k_seq, v_seq, causal=True,
-                                                                      scale=D**-0.5)[0].transpose(0, 1)  # fmt: skip
+                                                                      scale=scale)[0].transpose(0, 1)  # fmt: skip
             offset += it.num_tokens
         return out
-
-    def _gather(self, layer: int, item: ScheduledSeq) -> tuple[torch.Tensor, torch.Tensor]:
-        """(1, K, S, D) keys and values of positions 0 .. S-1 of one sequence, S = start + num_tokens."""
-        S = item.start + item.num_tokens
-        blocks = torch.tensor(item.seq.block_table[: -(-S // self.block_size)], device=self.device)
-        K, D = self.model.cfg.n_kv_heads, self.model.cfg.hd
-        k = self.k_cache[layer, blocks].reshape(-1, K, D)[:S]
-        v = self.v_cache[layer, blocks].reshape(-1, K, D)[:S]
-        return k.transpose(0, 1)[None], v.transpose(0, 1)[None]
