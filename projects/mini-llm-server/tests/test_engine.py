@@ -44,14 +44,33 @@ def _alone(model, prompts, params=GREEDY):
         EngineConfig(num_blocks=256, block_size=8, policy="fifo"),
         EngineConfig(num_blocks=256, block_size=4, enable_prefix_caching=False),
         EngineConfig(num_blocks=256, block_size=4, max_num_batched_tokens=7, attention_backend="triton"),
+        EngineConfig(num_blocks=256, block_size=4, max_num_seqs=4, min_admission=3),
     ],
-    ids=["continuous", "chunked", "static", "fifo", "no-prefix-cache", "paged-kernel"],
+    ids=["continuous", "chunked", "static", "fifo", "no-prefix-cache", "paged-kernel", "admission-batching"],
 )
 def test_greedy_output_matches_one_request_at_a_time(model, config):
     prompts = _prompts(9, seed=1)
     engine = LLMEngine(model, config)
     assert engine.generate(prompts, GREEDY) == _alone(model, prompts)
     assert engine.metrics()["kv_blocks_used"] == 0  # everything freed at the end
+
+
+def test_admission_waits_for_a_group_while_others_decode(model):
+    engine = LLMEngine(model, EngineConfig(num_blocks=256, block_size=4, max_num_seqs=4, min_admission=3))
+    prompts = _prompts(9, seed=13)
+    for i, p in enumerate(prompts):
+        engine.add_request(p, SamplingParams(temperature=0.0, max_new_tokens=3 + 5 * (i % 4)))
+    groups = []
+    while engine.has_unfinished():
+        before = {s.seq_id for s in engine.scheduler.running}
+        engine.step()
+        waiting = len(engine.scheduler.waiting)
+        admitted = {s.seq_id for s in engine.scheduler.running} | {s for s in before if s not in engine.seqs}
+        new = len(admitted - before)
+        if new and before:
+            groups.append((new, waiting))
+    assert groups, "no admission happened while others were running"
+    assert all(n >= 3 or w == 0 for n, w in groups), groups  # a group of 3, or the last of the queue
 
 
 def test_prefix_caching_reuses_blocks_and_stays_identical(model):

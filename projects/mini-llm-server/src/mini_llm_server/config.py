@@ -16,6 +16,10 @@ class EngineConfig:
     gpu_memory_fraction: float = 0.9  # on a GPU with neither set: this fraction of free memory, after weights
     max_num_seqs: int = 64  # sequences in the running batch at most
     max_num_batched_tokens: int = 512  # tokens computed per step at most (the chunked-prefill budget)
+    # continuous batching: while sequences decode, wait until this many waiting requests (or all there are)
+    # can be admitted together; 1 admits as soon as a seat frees. Trades a little TTFT for fewer steps that
+    # mix prompts into the decode batch (those run eagerly, not as a CUDA graph).
+    min_admission: int = 1
     enable_prefix_caching: bool = True
     policy: str = "continuous"  # "continuous" (iteration-level), "static" (batch to completion), "fifo" (one)
     # decode attention: "triton" (the paged kernel), "torch" (gather + SDPA), "auto" (triton on CUDA)
@@ -35,6 +39,10 @@ class EngineConfig:
             raise ValueError(f"gpu_memory_fraction must be in (0, 1], got {self.gpu_memory_fraction}")
         if self.max_num_seqs < 1:
             raise ValueError(f"max_num_seqs must be >= 1, got {self.max_num_seqs}")
+        if not 1 <= self.min_admission <= self.max_num_seqs:
+            raise ValueError(
+                f"min_admission must be in [1, max_num_seqs={self.max_num_seqs}], got {self.min_admission}"
+            )
         if self.max_num_batched_tokens < 1:
             raise ValueError(f"max_num_batched_tokens must be >= 1, got {self.max_num_batched_tokens}")
         if self.attention_backend not in ATTENTION_BACKENDS:

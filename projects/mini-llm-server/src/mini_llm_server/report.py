@@ -27,6 +27,7 @@ from tinyllm.sampling import SamplingParams
 from mini_llm_server.config import EngineConfig
 from mini_llm_server.engine import LLMEngine
 
+ADMISSION_DIVISOR = 8  # continuous batching admits new requests in groups of an eighth of the batch
 TINYLLAMA = ModelConfig(vocab_size=32000, dim=2048, n_layers=22, n_heads=32, n_kv_heads=4, ffn_dim=5632,
                         max_seq_len=2048, rope_theta=10000.0)  # fmt: skip
 
@@ -154,8 +155,9 @@ def decode_rate(model: Transformer, tokens: int, cuda_graphs: bool) -> dict:
 def _run_system(system: str, model: Transformer, hf, batch: int, reqs) -> dict:
     if system == "hf-generate":
         return run_hf(hf, batch, reqs, model.lm_head.weight.device)
-    policy = {"continuous": "continuous", "static": "static"}[system]
-    return run_engine(model, EngineConfig(policy=policy, max_num_seqs=batch, max_num_batched_tokens=2048), reqs)
+    group = max(1, batch // ADMISSION_DIVISOR) if system == "continuous" else 1
+    config = EngineConfig(policy=system, max_num_seqs=batch, max_num_batched_tokens=2048, min_admission=group)
+    return run_engine(model, config, reqs)
 
 
 def _log(model: str, system: str, batch: int, r: dict) -> None:

@@ -103,6 +103,12 @@ class Scheduler:
         if self.config.policy == "static" and self.running:
             return schedule  # the current batch runs to completion first
         limit = 1 if self.config.policy == "fifo" else self.config.max_num_seqs
+        # While others decode, admit only when min_admission requests (or all that wait) can start at once:
+        # a step that carries a prompt cannot replay a decode CUDA graph, so prompts are better batched
+        # into few such steps than spread one per finishing sequence over many.
+        want = min(self.config.min_admission, len(self.waiting))
+        if self.config.policy == "continuous" and self.running and limit - len(self.running) < want:
+            return schedule
         self.waiting.sort(key=lambda s: (s.priority, s.arrival))
         static = self.config.policy == "static"  # a static batch is formed whole; its prompts fill in over steps
         while self.waiting and (budget > 0 or static) and len(self.running) < limit and not schedule.preempted:
