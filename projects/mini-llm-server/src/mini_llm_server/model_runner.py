@@ -14,11 +14,17 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from tinyllm.model import Transformer, sdpa_attention
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from mini_llm_server.cuda_graphs import DecodeGraphs
 from mini_llm_server.fused_ops import add_rmsnorm, rope_and_cache, silu_mul
 from mini_llm_server.paged_attention import paged_decode_attention
 from mini_llm_server.scheduler import ScheduledSeq
+
+# cuDNN's SDPA builds an execution plan for every new shape, tens of milliseconds of host time, and every
+# prompt chunk has a shape of its own (a profile of a mixed step on the H100 had plan building take most of
+# it). Flash and memory-efficient kernels need no plan.
+PREFILL_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
 
 def kv_bytes_per_block(model: Transformer, block_size: int) -> int:
@@ -76,7 +82,8 @@ class ModelRunner:
         decode = self._decode_inputs(batch)
         # every prompt chunk's cache slots 0 .. start + num_tokens - 1, made once per step, not once per layer
         history = {j: self._to_device(self._slots(it, 0)) for j, it in enumerate(batch) if j not in decode[0]}
-        h = self.forward(tokens, positions, slots, lambda layer, q: self._attention(layer, q, batch, decode, history))
+        with sdpa_kernel(PREFILL_BACKENDS):
+            h = self.forward(tokens, positions, slots, lambda i, q: self._attention(i, q, batch, decode, history))
         return self.model.lm_head(h[ends])
 
     def forward(self, tokens: torch.Tensor, positions: torch.Tensor, slots: torch.Tensor, attend) -> torch.Tensor:
@@ -137,7 +144,7 @@ class ModelRunner:
             out[rows] = paged_decode_attention(q[rows], self.k_cache[layer], self.v_cache[layer], tables, lens, scale)
         offset = 0
         for j, it in enumerate(batch):
-            if j not in paged:
+            if j not in paged:  # under sdpa_kernel(PREFILL_BACKENDS), set around the step
                 q_seq = q[offset : offset + it.num_tokens].transpose(0, 1)[None]  # (1, H, T, D)
                 k_seq = self.k_cache[layer].view(-1, K, D)[history[j]].transpose(0, 1)[None]  # (1, K, S, D)
                 v_seq = self.v_cache[layer].view(-1, K, D)[history[j]].transpose(0, 1)[None]

@@ -23,9 +23,11 @@ from mlsys_bench.timing import TimingConfig, time_gpu
 from tinyllm.config import ModelConfig
 from tinyllm.model import Transformer
 from tinyllm.sampling import SamplingParams
+from torch.nn.attention import sdpa_kernel
 
 from mini_llm_server.config import EngineConfig
 from mini_llm_server.engine import LLMEngine
+from mini_llm_server.model_runner import PREFILL_BACKENDS
 
 ADMISSION_DIVISOR = 8  # continuous batching admits new requests in groups of an eighth of the batch
 TINYLLAMA = ModelConfig(vocab_size=32000, dim=2048, n_layers=22, n_heads=32, n_kv_heads=4, ffn_dim=5632,
@@ -110,8 +112,9 @@ def run_hf(hf_model, batch_size: int, reqs, device: torch.device) -> dict:
         ids = torch.tensor([[0] * (width - len(p)) + p for p, _ in chunk], device=device)
         mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p, _ in chunk], device=device)
         new = max(o for _, o in chunk)
-        hf_model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=new, min_new_tokens=new,
-                          do_sample=False, pad_token_id=0)  # fmt: skip
+        with sdpa_kernel(PREFILL_BACKENDS):  # the engine's choice of SDPA kernels, for a fair comparison
+            hf_model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=new, min_new_tokens=new,
+                              do_sample=False, pad_token_id=0)  # fmt: skip
         generated += sum(o for _, o in chunk)
     _sync(device)
     return {"tokens": generated, "seconds": time.perf_counter() - t0, "kv_util": None, "preemptions": None}
@@ -216,7 +219,8 @@ def bench(ctx: BenchContext) -> None:
         timing=TimingConfig(warmup=1, repeats=1),
         method="wall-clock" + (" with cuda synchronize" if gpu else ""),
         notes="tok_per_s: generated tokens / wall time of the whole request set, prefill included. fifo is "
-        "measured once on its own request set and repeated on every batch-size row.",
+        "measured once on its own request set and repeated on every batch-size row. SDPA kernels: flash, "
+        "memory-efficient or math for both the engine's prompts and HF (cuDNN's per-shape plans excluded).",
     )
     ctx.record(
         benchmark="decode",
