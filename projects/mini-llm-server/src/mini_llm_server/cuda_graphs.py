@@ -60,6 +60,7 @@ class DecodeGraphs:
 
         return r.model.lm_head(r.forward(tokens, positions, slots, attend))
 
+    # excerpt: capture
     @torch.no_grad()
     def _capture(self) -> None:
         side = torch.cuda.Stream(self.runner.device)
@@ -75,6 +76,8 @@ class DecodeGraphs:
                 self.logits[G] = self._forward(G)
             pool, self.graphs[G] = graph.pool(), graph
         torch.cuda.synchronize(self.runner.device)
+
+    # end-excerpt
 
     @torch.no_grad()
     def run(self, batch: list[ScheduledSeq]) -> torch.Tensor:
