@@ -1,7 +1,6 @@
 """The service on a real uvicorn server on loopback, driven by the official openai client and by httpx."""
 
 import asyncio
-import threading
 import time
 
 import pytest
@@ -14,23 +13,15 @@ pytest.importorskip("fastapi")
 
 import torch  # noqa: E402
 from mini_llm_server import EngineConfig, LLMEngine  # noqa: E402
-from mini_llm_server.api import ServiceConfig, chat_prompt, create_app  # noqa: E402
+from mini_llm_server.api import ServiceConfig, create_app, serve_in_thread  # noqa: E402
 from mini_llm_server.async_engine import AsyncEngine  # noqa: E402
+from mini_llm_server.chat_template import load_chat_template, render_chat  # noqa: E402
 from tinyllm.config import ModelConfig  # noqa: E402
 from tinyllm.model import Transformer  # noqa: E402
 from tinyllm.sampling import SamplingParams  # noqa: E402
 from tinyllm.tokenizer import Tokenizer  # noqa: E402
 
 TEXT = ["the quick brown fox jumps over the lazy dog", "hello world, hello model", "def main(): return 0"] * 20
-
-
-def _start(app):
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.01)
-    return server, thread, f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +37,9 @@ def parts():
 def stack(parts):
     model, tok = parts
     engine = LLMEngine(model, EngineConfig(num_blocks=256, block_size=8))
-    server, thread, url = _start(create_app(AsyncEngine(engine), tok, ServiceConfig(model_name="test", max_queue=4)))
+    server, thread, url = serve_in_thread(
+        create_app(AsyncEngine(engine), tok, ServiceConfig(model_name="test", max_queue=4))
+    )
     yield {"url": url, "engine": engine, "model": model, "tok": tok}
     server.should_exit = True
     thread.join(timeout=5)
@@ -73,9 +66,7 @@ def test_openai_client_completions_plain_and_streamed(stack):
 def test_openai_client_chat_plain_and_streamed(stack):
     client = openai.OpenAI(base_url=stack["url"] + "/v1", api_key="unused")
     messages = [{"role": "user", "content": "say hello"}]
-    from mini_llm_server.api import ChatMessage
-
-    expected = _expected(stack, stack["tok"].encode(chat_prompt([ChatMessage(**messages[0])])), 10)
+    expected = _expected(stack, stack["tok"].encode(render_chat(messages, None)), 10)
     r = client.chat.completions.create(model="test", messages=messages, max_tokens=10, temperature=0)
     assert r.choices[0].message.content == expected and r.choices[0].message.role == "assistant"
     stream = client.chat.completions.create(model="test", messages=messages, max_tokens=10, temperature=0,
@@ -152,7 +143,9 @@ def test_health(stack):
 def test_a_full_kv_cache_gets_429_and_shutdown_drains_open_streams(parts):
     model, tok = parts
     engine = LLMEngine(model, EngineConfig(num_blocks=12, block_size=8, max_num_seqs=64))  # 96 KV slots
-    server, thread, url = _start(create_app(AsyncEngine(engine), tok, ServiceConfig(model_name="t", max_queue=100)))
+    server, thread, url = serve_in_thread(
+        create_app(AsyncEngine(engine), tok, ServiceConfig(model_name="t", max_queue=100))
+    )
     body = {"model": "t", "prompt": "the quick brown fox jumps over the lazy dog", "max_tokens": 40, "temperature": 0}
 
     async def burst():
@@ -197,3 +190,51 @@ def test_load_config_needs_exactly_one_mode():
         LoadConfig(url="http://x", model="m", concurrency=None)
     with pytest.raises(ValueError, match="exactly one"):
         LoadConfig(url="http://x", model="m", concurrency=2, rate=1.0)
+
+
+TEMPLATE = ("{{ bos_token }}{% for m in messages %}{% if m.role == 'system' %}{{ raise_exception('no system role') }}"
+            "{% endif %}<{{ m.role }}>{{ m.content }}{{ eos_token }}{% endfor %}"
+            "{% if add_generation_prompt %}<assistant>{% endif %}")  # fmt: skip
+
+
+def test_the_checkpoints_chat_template_is_used_where_present(parts, tmp_path):
+    import json
+
+    model, tok = parts
+    assert load_chat_template(tmp_path) is None  # no tokenizer_config.json: the plain format
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"chat_template": TEMPLATE, "bos_token": "<s>",
+                                                                "eos_token": {"content": "</s>"}}))  # fmt: skip
+    template = load_chat_template(tmp_path)
+    messages = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]
+    assert render_chat(messages, template) == "<s><user>hi</s><assistant>yo</s><assistant>"
+    engine = LLMEngine(model, EngineConfig(num_blocks=64, block_size=8))
+    app = create_app(AsyncEngine(engine), tok, ServiceConfig(model_name="t", chat_template=template))
+    server, thread, url = serve_in_thread(app)
+    try:
+        body = {"model": "t", "messages": messages, "max_tokens": 6, "temperature": 0}
+        r = httpx.post(url + "/v1/chat/completions", json=body, timeout=30)
+        ref = LLMEngine(model, EngineConfig(num_blocks=64, block_size=8))
+        ids = tok.encode(render_chat(messages, template))
+        want = tok.decode(ref.generate([ids], SamplingParams(temperature=0.0, max_new_tokens=6))[0])
+        assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"] == want
+        assert r.json()["usage"]["prompt_tokens"] == len(ids)
+        body["messages"] = [{"role": "system", "content": "be brief"}]  # the template raises: a 400 naming it
+        r = httpx.post(url + "/v1/chat/completions", json=body, timeout=30)
+        assert r.status_code == 400 and r.json()["error"]["param"] == "messages", r.text
+    finally:
+        server.should_exit = True
+        thread.join(timeout=5)
+
+
+def test_short_overload_soak_loses_nothing_and_leaks_no_block(parts):
+    """The soak of `mini-llm-server soak`, for seconds instead of minutes: overload (429s), hang-ups
+    mid-stream, and every other request with its exact greedy text; the engine drains with no block held."""
+    from mini_llm_server.soak import SoakConfig, run_soak
+
+    model, tok = parts
+    cfg = SoakConfig(duration_s=4, rate=60, max_queue=2, disconnect_fraction=0.3, num_prompts=6, output_tokens=(4, 24))
+    s = run_soak(model, tok, cfg, EngineConfig(num_blocks=256, block_size=8, max_num_seqs=4))
+    assert s["lost"] == 0 and s["corrupted"] == 0, s
+    assert s["ok"] > 0 and s["rejected"] > 0 and s["disconnected"] > 0, s
+    assert s["ok"] + s["rejected"] + s["disconnected"] == s["sent"]
+    assert s["running_at_end"] == s["waiting_at_end"] == s["kv_blocks_used_at_end"] == 0, s

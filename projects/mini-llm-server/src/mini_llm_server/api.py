@@ -11,6 +11,7 @@ generator, which aborts the request and frees its blocks before the next engine 
 from __future__ import annotations
 
 import json
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -20,12 +21,14 @@ from typing import Literal
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from jinja2.exceptions import TemplateError
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from pydantic import BaseModel, Field
 from tinyllm.sampling import SamplingParams
 from tinyllm.tokenizer import Tokenizer
 
 from mini_llm_server.async_engine import AsyncEngine
+from mini_llm_server.chat_template import render_chat
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -33,6 +36,7 @@ class ServiceConfig:
     model_name: str = "tiny"
     max_queue: int = 64  # waiting requests beyond which new ones get 429
     retry_after_s: int = 1
+    chat_template: dict | None = None  # the checkpoint's (chat_template.load_chat_template); None: role-prefixed
 
 
 class CompletionRequest(BaseModel):
@@ -56,11 +60,6 @@ class ChatMessage(BaseModel):
 class ChatRequest(CompletionRequest):
     prompt: str | list[int] = ""  # unused: chat requests carry messages
     messages: list[ChatMessage] = Field(min_length=1)
-
-
-def chat_prompt(messages: list[ChatMessage]) -> str:
-    """The shared model has no chat template of its own: role-prefixed lines, then the assistant's turn."""
-    return "".join(f"{m.role}: {m.content}\n" for m in messages) + "assistant:"
 
 
 class ApiError(Exception):
@@ -239,6 +238,22 @@ def create_app(engine: AsyncEngine, tokenizer: Tokenizer, config: ServiceConfig 
 
     @app.post("/v1/chat/completions")
     async def chat_completions(req: ChatRequest, request: Request):
-        return await _respond(req, _admit(req, chat_prompt(req.messages)), True, request)
+        try:
+            prompt = render_chat([m.model_dump() for m in req.messages], config.chat_template)
+        except TemplateError as e:
+            raise ApiError(400, f"messages: the chat template refused them: {e}", "messages") from e
+        return await _respond(req, _admit(req, prompt), True, request)
 
     return app
+
+
+def serve_in_thread(app) -> tuple[object, threading.Thread, str]:
+    """A uvicorn server for `app` on a free loopback port in a daemon thread: (server, thread, base URL)."""
+    import uvicorn
+
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.01)
+    return server, thread, f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"

@@ -1,5 +1,5 @@
-"""`mini-llm-server serve` (the HTTP service), `generate` (prompts through the engine) and `bench` (through the
-harness)."""
+"""`mini-llm-server serve` (the HTTP service), `generate` (prompts through the engine), `load` (drive a server),
+`soak` (a bounded overload soak) and `bench` (through the harness)."""
 
 from __future__ import annotations
 
@@ -21,7 +21,11 @@ def _serve(args: argparse.Namespace) -> int:
     model, tok = registry.load(args.model, train_if_missing=True)
     if tok is None:
         raise SystemExit(f"{args.model}: the checkpoint has no tokenizer.json; the service needs one")
-    app = create_app(AsyncEngine(LLMEngine(model)), tok, ServiceConfig(model_name=args.model, max_queue=args.max_queue))
+    from mini_llm_server.chat_template import load_chat_template
+
+    service = ServiceConfig(model_name=args.model, max_queue=args.max_queue,
+                            chat_template=load_chat_template(registry.resolve(args.model)))  # fmt: skip
+    app = create_app(AsyncEngine(LLMEngine(model)), tok, service)
     uvicorn.run(app, host=args.host, port=args.port)
     return 0
 
@@ -39,6 +43,21 @@ def _load(args: argparse.Namespace) -> int:
         print(f"{key:>16}: {value if value is None or isinstance(value, int) else f'{value:.3f}'}")
     print(f"wrote {write_load_record(cfg, summary, args.hardware)}")
     return 0
+
+
+def _soak(args: argparse.Namespace) -> int:
+    from mini_llm_server.soak import SoakConfig, run_soak, write_soak_record
+
+    model, tok = registry.load(args.model, train_if_missing=True)
+    if tok is None:
+        raise SystemExit(f"{args.model}: the checkpoint has no tokenizer.json; the service needs one")
+    cfg = SoakConfig(duration_s=args.duration, rate=args.rate, disconnect_fraction=args.disconnect_fraction,
+                     max_queue=args.max_queue)  # fmt: skip
+    summary = run_soak(model, tok, cfg)
+    for key, value in summary.items():
+        print(f"{key:>22}: {value if isinstance(value, int) else f'{value:.1f}'}")
+    print(f"wrote {write_soak_record(cfg, summary, args.model)}")
+    return 0 if summary["lost"] == summary["corrupted"] == summary["kv_blocks_used_at_end"] == 0 else 1
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -64,6 +83,12 @@ def main(argv: list[str] | None = None) -> int:
     ld.add_argument("--requests", type=int, default=64)
     ld.add_argument("--output-tokens", type=int, nargs=2, default=(16, 128), metavar=("MIN", "MAX"))
     ld.add_argument("--hardware", help="the server's hardware label for the record (default: this machine's)")
+    sk = sub.add_parser("soak", help="overload a fresh in-process server for a while; check nothing is lost or leaked")
+    sk.add_argument("--model", default="tiny", help="a shared-model preset name or a checkpoint directory")
+    sk.add_argument("--duration", type=float, default=600.0, help="seconds of load")
+    sk.add_argument("--rate", type=float, default=30.0, help="requests offered per second (Poisson)")
+    sk.add_argument("--disconnect-fraction", type=float, default=0.2, help="clients that hang up mid-stream")
+    sk.add_argument("--max-queue", type=int, default=16, help="the server's waiting-request bound")
     b = sub.add_parser("bench", help="the offline throughput benchmark (same as `mlsys bench mini-llm-server`)")
     b.add_argument("--scale", choices=("auto", "gpu", "cpu"), default="auto")
     b.add_argument("--tables", action="store_true")
@@ -72,6 +97,8 @@ def main(argv: list[str] | None = None) -> int:
         return _load(args)
     if args.command == "serve":
         return _serve(args)
+    if args.command == "soak":
+        return _soak(args)
     if args.command == "bench":
         from mlsys_bench.cli import main as mlsys_main
 

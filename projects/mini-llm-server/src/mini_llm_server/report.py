@@ -261,5 +261,6 @@ PROJECT = Project(
     root=project_root(__file__),
     bench=bench,
     headline=headline,
-    publish=("h100-80gb-hbm3",),
+    # the GPU for every measurement, plus the one deliberate CPU measurement: the overload soak (soak.py)
+    publish=("h100-80gb-hbm3", "cpu-amd-epyc"),
 )
