@@ -60,6 +60,21 @@ def _soak(args: argparse.Namespace) -> int:
     return 0 if summary["lost"] == summary["corrupted"] == summary["kv_blocks_used_at_end"] == 0 else 1
 
 
+def _serving_bench(args: argparse.Namespace) -> int:
+    import torch
+
+    from mini_llm_server.serving import ServingConfig, gpu_model, measure, write_serving_record
+
+    if not torch.cuda.is_available():
+        raise SystemExit("serving-bench measures the service on a GPU; none is visible here")
+    device = torch.device("cuda")
+    model, tok = gpu_model(device)
+    cfg = ServingConfig()
+    rows = measure(model, tok, cfg)
+    print(f"wrote {write_serving_record(rows, cfg, 'tinyllama-1.1b-random (small tokenizer)', device)}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="mini-llm-server", description="A small vLLM: continuous batching engine.")
     sub = ap.add_subparsers(dest="command", required=True)
@@ -89,6 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     sk.add_argument("--rate", type=float, default=30.0, help="requests offered per second (Poisson)")
     sk.add_argument("--disconnect-fraction", type=float, default=0.2, help="clients that hang up mid-stream")
     sk.add_argument("--max-queue", type=int, default=16, help="the server's waiting-request bound")
+    sub.add_parser("serving-bench", help="TTFT/ITL by policy and concurrency, then 2x overload (GPU)")
     b = sub.add_parser("bench", help="the offline throughput benchmark (same as `mlsys bench mini-llm-server`)")
     b.add_argument("--scale", choices=("auto", "gpu", "cpu"), default="auto")
     b.add_argument("--tables", action="store_true")
@@ -99,6 +115,8 @@ def main(argv: list[str] | None = None) -> int:
         return _serve(args)
     if args.command == "soak":
         return _soak(args)
+    if args.command == "serving-bench":
+        return _serving_bench(args)
     if args.command == "bench":
         from mlsys_bench.cli import main as mlsys_main
 

@@ -73,7 +73,7 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _release(device: torch.device) -> None:
+def release_memory(device: torch.device) -> None:
     """Free a finished engine's KV pool and graphs now (the runner and its graphs refer to each other, so
     only the cycle collector frees them), before the next engine sizes its pool from free memory."""
     gc.collect()
@@ -95,7 +95,7 @@ def run_engine(model: Transformer, config: EngineConfig, reqs) -> dict:
     elapsed = time.perf_counter() - t0
     m = engine.metrics()
     del engine
-    _release(device)
+    release_memory(device)
     return {"tokens": generated, "seconds": elapsed, "kv_util": m["kv_util_at_peak"],
             "preemptions": m["preemptions"]}  # fmt: skip
 
@@ -151,7 +151,7 @@ def decode_rate(model: Transformer, tokens: int, cuda_graphs: bool) -> dict:
         timing = TimingConfig(warmup=3, repeats=50, prime_cycles_per_call=2_000_000)  # a graph launch is host work too
         replay = 1.0 / time_gpu(graphs.graphs[1].replay, config=timing).median
     del engine, graphs
-    _release(device)
+    release_memory(device)
     return {"tok_per_s": rate, "replay_tok_per_s": replay}
 
 

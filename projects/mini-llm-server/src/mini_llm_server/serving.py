@@ -1,0 +1,121 @@
+"""`mini-llm-server serving-bench`: the serving report's measurements, in one run.
+
+For each policy (continuous batching, static batching, FIFO) a fresh in-process server on loopback is
+driven by the closed-loop load generator at each concurrency, every request streaming: TTFT, inter-token
+and end-to-end percentiles, requests/s, tokens/s, KV memory per active request. Then 2x overload:
+open-loop Poisson arrivals at twice the request rate continuous batching sustained at the highest
+concurrency, against a bounded queue, where the p99 TTFT of admitted requests must stay bounded and the
+excess be refused with 429s.
+
+Model: on a GPU the TinyLlama-1.1B shape with random weights (latency and throughput only, never quality)
+and the trained `small` preset's tokenizer and vocabulary; on a CPU whatever model the caller passes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import torch
+from mlsys_bench.environment import hardware_label
+from mlsys_bench.project import BenchContext, project_root
+from mlsys_bench.record import metric, param
+from mlsys_bench.timing import TimingConfig
+from tinyllm.model import Transformer
+from tinyllm.tokenizer import Tokenizer
+
+from mini_llm_server.api import ServiceConfig, create_app, serve_in_thread
+from mini_llm_server.async_engine import AsyncEngine
+from mini_llm_server.config import EngineConfig
+from mini_llm_server.engine import LLMEngine
+from mini_llm_server.load import LoadConfig, run, summarize
+from mini_llm_server.model_runner import kv_bytes_per_block
+from mini_llm_server.report import ADMISSION_DIVISOR, TINYLLAMA, release_memory
+
+POLICIES = ("continuous", "static", "fifo")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ServingConfig:
+    concurrencies: tuple[int, ...] = (1, 8, 32, 128)
+    requests_per_client: int = 4  # closed loop: each client sends this many, at least min_requests in all
+    min_requests: int = 16
+    prompt_words: tuple[int, int] = (16, 256)
+    output_tokens: tuple[int, int] = (32, 256)
+    max_num_seqs: int = 128  # the batch limit of continuous and static batching
+    max_queue: int = 256  # closed-loop runs never exceed it; the overload run does
+    overload_factor: float = 2.0
+    overload_seconds: float = 30.0
+
+
+def _point(model: Transformer, tok: Tokenizer, engine_config: EngineConfig, load: LoadConfig, max_queue: int) -> dict:
+    engine = LLMEngine(model, engine_config)
+    app = create_app(AsyncEngine(engine), tok, ServiceConfig(model_name="bench", max_queue=max_queue))
+    server, thread, url = serve_in_thread(app)
+    try:
+        summary = summarize(*asyncio.run(run(replace(load, url=url))))
+        m = engine.metrics()
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+    block_bytes = kv_bytes_per_block(model, engine_config.block_size)
+    active = min(load.concurrency or engine_config.max_num_seqs, engine_config.max_num_seqs)  # running at peak
+    summary["kv_MB_per_request"] = m["kv_blocks_peak"] * block_bytes / 1e6 / active
+    summary["preemptions"] = m["preemptions"]
+    del engine, app
+    release_memory(model.lm_head.weight.device)
+    return summary
+
+
+def measure(model: Transformer, tok: Tokenizer, cfg: ServingConfig) -> list[dict]:
+    rows = []
+    for policy in POLICIES:
+        for c in cfg.concurrencies:
+            seqs = 1 if policy == "fifo" else cfg.max_num_seqs
+            group = max(1, min(c, seqs) // ADMISSION_DIVISOR) if policy == "continuous" else 1
+            engine = EngineConfig(policy=policy, max_num_seqs=seqs, max_num_batched_tokens=2048, min_admission=group)
+            n = max(cfg.min_requests, cfg.requests_per_client * c)
+            load = LoadConfig(url="", model="bench", num_requests=n, concurrency=c, prompt_words=cfg.prompt_words,
+                              output_tokens=cfg.output_tokens)  # fmt: skip
+            rows.append({"policy": policy, "load": f"closed, {c} clients", "concurrency": c,
+                         **_point(model, tok, engine, load, cfg.max_queue)})  # fmt: skip
+            print(f"  {policy} c={c}: {rows[-1]['tokens_per_s']:.0f} tok/s, p95 ITL {rows[-1]['itl_p95_ms']} ms",
+                  flush=True)  # fmt: skip
+    top = max(cfg.concurrencies)
+    sustained = next(r for r in rows if r["policy"] == "continuous" and r["concurrency"] == top)["requests_per_s"]
+    rate = cfg.overload_factor * sustained
+    group = max(1, cfg.max_num_seqs // ADMISSION_DIVISOR)
+    engine = EngineConfig(max_num_seqs=cfg.max_num_seqs, max_num_batched_tokens=2048, min_admission=group)
+    load = LoadConfig(url="", model="bench", num_requests=max(cfg.min_requests, int(rate * cfg.overload_seconds)),
+                      rate=rate, prompt_words=cfg.prompt_words, output_tokens=cfg.output_tokens)  # fmt: skip
+    queue = cfg.max_num_seqs  # a queue as deep as one batch: past it, refuse rather than let TTFT grow
+    rows.append({"policy": "continuous", "load": f"open, {cfg.overload_factor:g}x sustained rate ({rate:.1f}/s)",
+                 "concurrency": 0, **_point(model, tok, engine, load, queue)})  # fmt: skip
+    return rows
+
+
+def gpu_model(device: torch.device) -> tuple[Transformer, Tokenizer]:
+    from tinyllm import registry
+
+    _, tok = registry.load("small", device=device, dtype=torch.bfloat16, train_if_missing=True, progress=False)
+    torch.manual_seed(0)
+    model = Transformer(replace(TINYLLAMA, vocab_size=tok.vocab_size)).to(device, torch.bfloat16).eval()
+    return model, tok
+
+
+def write_serving_record(rows: list[dict], cfg: ServingConfig, model_name: str, device: torch.device,
+                         root: Path | None = None) -> Path:  # fmt: skip
+    hardware = hardware_label(device)
+    root = root or project_root(__file__)
+    ctx = BenchContext(project="mini-llm-server", device=device, scale="gpu" if device.type == "cuda" else "cpu",
+                       hardware=hardware, results_dir=root / "results" / hardware, repo=root, ceilings=None,
+                       show_progress=False)  # fmt: skip
+    keys = [k for k in rows[0] if k not in ("policy", "load", "concurrency")]
+    columns = [param("policy"), param("load"), param("concurrency", "closed-loop clients; 0: open loop")]
+    columns += [metric(k, "ms" if k.endswith("_ms") else "MB" if k.endswith("_MB_per_request") else "") for k in keys]
+    ctx.record(benchmark="serving", columns=columns, rows=rows, config={**asdict(cfg), "model": model_name},
+               timing=TimingConfig(warmup=0, repeats=1), method="in-process uvicorn on loopback, httpx streaming",
+               notes="Latencies as a streaming client sees them; 429s counted apart from errors; KV MB per request "
+               "= peak KV blocks in use x bytes per block / concurrency.")  # fmt: skip
+    return ctx.written[-1]
