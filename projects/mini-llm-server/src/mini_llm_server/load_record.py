@@ -1,4 +1,5 @@
-"""A load run as a harness record: results/<hardware>/load-<mode>.json in this project."""
+"""Service measurements as harness records in this project's results/<hardware>/: a load run
+(load-<mode>.json), and the context the soak and the serving benchmark write theirs through."""
 
 from __future__ import annotations
 
@@ -14,13 +15,18 @@ from mlsys_bench.timing import TimingConfig
 from mini_llm_server.load import LoadConfig
 
 
-def write_load_record(cfg: LoadConfig, summary: dict, hardware: str | None = None, root: Path | None = None) -> Path:
-    hardware = hardware or hardware_label(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+def service_context(hardware: str, root: Path | None = None) -> BenchContext:
+    """A harness context for a measurement of the running service (the client runs on the CPU)."""
     root = root or project_root(__file__)
     scale = "cpu" if hardware.startswith("cpu-") else "gpu"
-    ctx = BenchContext(project="mini-llm-server", device=torch.device("cpu"), scale=scale, hardware=hardware,
-                       results_dir=root / "results" / hardware, repo=root, ceilings=None,
-                       show_progress=False)  # fmt: skip
+    return BenchContext(project="mini-llm-server", device=torch.device("cpu"), scale=scale, hardware=hardware,
+                        results_dir=root / "results" / hardware, repo=root, ceilings=None,
+                        show_progress=False)  # fmt: skip
+
+
+def write_load_record(cfg: LoadConfig, summary: dict, hardware: str | None = None, root: Path | None = None) -> Path:
+    hardware = hardware or hardware_label(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+    ctx = service_context(hardware, root)
     mode = f"closed-c{cfg.concurrency}" if cfg.concurrency is not None else f"open-r{cfg.rate:g}"
     row = {"mode": mode, **summary}
     columns = [param("mode")] + [metric(k, "ms" if k.endswith("_ms") else "") for k in summary]

@@ -19,7 +19,6 @@ from pathlib import Path
 
 import torch
 from mlsys_bench.environment import hardware_label
-from mlsys_bench.project import BenchContext, project_root
 from mlsys_bench.record import metric, param
 from mlsys_bench.timing import TimingConfig
 from tinyllm.model import Transformer
@@ -30,6 +29,7 @@ from mini_llm_server.async_engine import AsyncEngine
 from mini_llm_server.config import EngineConfig
 from mini_llm_server.engine import LLMEngine
 from mini_llm_server.load import LoadConfig, run, summarize
+from mini_llm_server.load_record import service_context
 from mini_llm_server.model_runner import kv_bytes_per_block
 from mini_llm_server.report import ADMISSION_DIVISOR, TINYLLAMA, release_memory
 
@@ -106,11 +106,7 @@ def gpu_model(device: torch.device) -> tuple[Transformer, Tokenizer]:
 
 def write_serving_record(rows: list[dict], cfg: ServingConfig, model_name: str, device: torch.device,
                          root: Path | None = None) -> Path:  # fmt: skip
-    hardware = hardware_label(device)
-    root = root or project_root(__file__)
-    ctx = BenchContext(project="mini-llm-server", device=device, scale="gpu" if device.type == "cuda" else "cpu",
-                       hardware=hardware, results_dir=root / "results" / hardware, repo=root, ceilings=None,
-                       show_progress=False)  # fmt: skip
+    ctx = service_context(hardware_label(device), root)
     keys = [k for k in rows[0] if k not in ("policy", "load", "concurrency")]
     columns = [param("policy"), param("load"), param("concurrency", "closed-loop clients; 0: open loop")]
     columns += [metric(k, "ms" if k.endswith("_ms") else "MB" if k.endswith("_MB_per_request") else "") for k in keys]

@@ -23,7 +23,6 @@ from pathlib import Path
 import httpx
 import torch
 from mlsys_bench.environment import hardware_label
-from mlsys_bench.project import BenchContext, project_root
 from mlsys_bench.record import metric, param
 from mlsys_bench.timing import TimingConfig
 from tinyllm.model import Transformer
@@ -35,6 +34,7 @@ from mini_llm_server.async_engine import AsyncEngine
 from mini_llm_server.config import EngineConfig
 from mini_llm_server.engine import LLMEngine
 from mini_llm_server.load import WORDS
+from mini_llm_server.load_record import service_context
 
 OUTCOMES = ("ok", "rejected", "disconnected", "lost", "corrupted")
 
@@ -135,11 +135,7 @@ def run_soak(model: Transformer, tok: Tokenizer, cfg: SoakConfig, engine_config:
 
 
 def write_soak_record(cfg: SoakConfig, summary: dict, model_name: str, root: Path | None = None) -> Path:
-    hardware = hardware_label(torch.device("cpu"))
-    root = root or project_root(__file__)
-    ctx = BenchContext(project="mini-llm-server", device=torch.device("cpu"), scale="cpu", hardware=hardware,
-                       results_dir=root / "results" / hardware, repo=root, ceilings=None,
-                       show_progress=False)  # fmt: skip
+    ctx = service_context(hardware_label(torch.device("cpu")), root)
     columns = [param("model")] + [metric(k, "s" if k.endswith("_s") else "count") for k in summary]
     ctx.record(benchmark="soak", columns=columns, rows=[{"model": model_name, **summary}],
                config=asdict(cfg), timing=TimingConfig(warmup=0, repeats=1),
