@@ -55,6 +55,19 @@ def test_greedy_output_matches_one_request_at_a_time(model, config):
     assert engine.metrics()["kv_blocks_used"] == 0  # everything freed at the end
 
 
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_step_time_is_split_four_ways(model, backend):
+    import time
+
+    engine = LLMEngine(model, EngineConfig(num_blocks=64, block_size=4, attention_backend=backend))
+    t0 = time.perf_counter()
+    engine.generate(_prompts(3, seed=14), GREEDY)
+    wall = time.perf_counter() - t0
+    parts = {k: engine.metrics()[f"{k}_seconds"] for k in ("schedule", "prepare", "forward", "sample")}
+    assert all(v > 0 for v in parts.values()), parts
+    assert sum(parts.values()) <= wall
+
+
 def test_admission_waits_for_a_group_while_others_decode(model):
     engine = LLMEngine(model, EngineConfig(num_blocks=256, block_size=4, max_num_seqs=4, min_admission=3))
     prompts = _prompts(9, seed=13)

@@ -13,6 +13,7 @@ Off a GPU the same padded forward runs eagerly, which is how the padding is test
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING
 
 import torch
@@ -83,6 +84,7 @@ class DecodeGraphs:
     def run(self, batch: list[ScheduledSeq]) -> torch.Tensor:
         """Logits (B, vocab) of a decode-only batch. On a GPU this is a view of the graph's output buffer,
         valid until the next step."""
+        t0 = time.perf_counter()
         B, bs, scratch = len(batch), self.runner.block_size, self.runner.scratch_block
         G = next(s for s in self.sizes if s >= B)
         cols = [(it.seq.tokens[it.start], it.start, it.seq.block_table[it.start // bs] * bs + it.start % bs,
@@ -93,6 +95,7 @@ class DecodeGraphs:
         self.meta[:, :G].copy_(torch.tensor(cols).t())
         self.tables[:B, :width].copy_(torch.tensor(tables, dtype=torch.int32))
         self.replays += 1
+        self.runner.prepare_seconds += time.perf_counter() - t0
         if G in self.graphs:
             self.graphs[G].replay()
             return self.logits[G][:B]

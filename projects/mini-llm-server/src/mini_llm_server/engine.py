@@ -2,7 +2,8 @@
 
 Each `step()` asks the scheduler what to run, runs one packed forward, samples one token for every
 sequence whose step reached its newest token, and returns what changed. Step time is split into
-schedule / forward / sample so a profile of the serving loop needs no profiler.
+schedule / prepare (building the step's input tensors) / forward / sample, so a profile of the serving
+loop needs no profiler.
 """
 
 from __future__ import annotations
@@ -70,7 +71,7 @@ class LLMEngine:
         self.seqs: dict[int, Sequence] = {}
         self._ids = itertools.count()
         self._done_at_add: list[RequestOutput] = []
-        self.step_seconds = {"schedule": 0.0, "forward": 0.0, "sample": 0.0}
+        self.step_seconds = {"schedule": 0.0, "prepare": 0.0, "forward": 0.0, "sample": 0.0}
         self.num_steps = self.tokens_computed = self.tokens_generated = 0
         self.peak_blocks_used, self.kv_util_at_peak = 0, 0.0
 
@@ -139,8 +140,10 @@ class LLMEngine:
             self.step_seconds["schedule"] += t1 - t0
             return outputs
         self.runner.copy_blocks(schedule.copies)
+        prepared = self.runner.prepare_seconds
         logits = self.runner.execute(schedule.seqs)
         t2 = time.perf_counter()
+        prepare = self.runner.prepare_seconds - prepared
         for item in schedule.seqs:
             item.seq.num_computed = item.start + item.num_tokens
             self.blocks.commit(item.seq)
@@ -154,7 +157,8 @@ class LLMEngine:
                 self._finish(seq, reason)
             outputs.append(RequestOutput(seq.seq_id, [token], list(seq.output), reason is not None, reason))
         t3 = time.perf_counter()
-        for key, dt in zip(("schedule", "forward", "sample"), (t1 - t0, t2 - t1, t3 - t2), strict=True):
+        times = (t1 - t0, prepare, t2 - t1 - prepare, t3 - t2)
+        for key, dt in zip(("schedule", "prepare", "forward", "sample"), times, strict=True):
             self.step_seconds[key] += dt
         return outputs
 

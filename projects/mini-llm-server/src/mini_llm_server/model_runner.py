@@ -11,6 +11,8 @@ and use SDPA. A step of nothing but decode tokens replays a captured CUDA graph 
 
 from __future__ import annotations
 
+import time
+
 import torch
 import torch.nn.functional as F
 from tinyllm.model import Transformer, sdpa_attention
@@ -57,6 +59,7 @@ class ModelRunner:
                                       lay.self_attn.v_proj.weight]) for lay in model.layers]  # fmt: skip
         self.gate_up_weight = [torch.cat([lay.mlp.gate_proj.weight, lay.mlp.up_proj.weight]) for lay in model.layers]
         self.decode_graphs = DecodeGraphs(self, decode_graph_batch) if paged_kernel and decode_graph_batch else None
+        self.prepare_seconds = 0.0  # host time building each step's inputs, summed (the engine's "prepare")
 
     def copy_blocks(self, copies: list[tuple[int, int]]) -> None:
         """Copy-on-write: duplicate shared blocks before a sequence writes into its private copy."""
@@ -73,6 +76,7 @@ class ModelRunner:
         step reaches its newest token, in batch order)."""
         if self.decode_graphs is not None and self.decode_graphs.fits(batch):
             return self.decode_graphs.run(batch)
+        t0 = time.perf_counter()
         tokens = self._to_device([t for it in batch for t in it.seq.tokens[it.start : it.start + it.num_tokens]])
         positions = self._to_device([p for it in batch for p in range(it.start, it.start + it.num_tokens)])
         slots = self._to_device([s for it in batch for s in self._slots(it, it.start)])
@@ -82,6 +86,7 @@ class ModelRunner:
         decode = self._decode_inputs(batch)
         # every prompt chunk's cache slots 0 .. start + num_tokens - 1, made once per step, not once per layer
         history = {j: self._to_device(self._slots(it, 0)) for j, it in enumerate(batch) if j not in decode[0]}
+        self.prepare_seconds += time.perf_counter() - t0
         with sdpa_kernel(PREFILL_BACKENDS):
             h = self.forward(tokens, positions, slots, lambda i, q: self._attention(i, q, batch, decode, history))
         return self.model.lm_head(h[ends])
