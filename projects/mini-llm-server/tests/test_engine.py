@@ -131,6 +131,25 @@ def test_stop_tokens_and_limits(model):
     assert reasons == ["context"]
 
 
+def test_stop_strings_end_a_request_in_the_step_that_completes_them(model):
+    prompt = _prompts(1, seed=5)[0]
+    free_run = _alone(model, [prompt])[0]
+
+    def detokenize(ids):  # a stand-in tokenizer: every token id as "<id>"
+        return "".join(f"<{i}>" for i in ids)
+
+    stop = f"{free_run[3]}><{free_run[4]}"  # spans two tokens
+    engine = LLMEngine(model, EngineConfig(num_blocks=64))
+    rid = engine.add_request(prompt, GREEDY, stop=[stop], detokenize=detokenize)
+    outs = [o for _ in range(20) for o in engine.step() if o.request_id == rid]
+    first = detokenize(free_run).index(stop)
+    want = next(n for n in range(1, len(free_run) + 1) if len(detokenize(free_run[:n])) >= first + len(stop))
+    assert outs[-1].finished and outs[-1].finish_reason == "stop" and outs[-1].output == free_run[:want]
+    assert engine.metrics()["kv_blocks_used"] == 0
+    with pytest.raises(ValueError, match="stop: stop strings need a detokenize"):
+        engine.add_request(prompt, GREEDY, stop=["x"])
+
+
 def test_abort_frees_blocks_at_once(model):
     engine = LLMEngine(model, EngineConfig(num_blocks=64, block_size=4))
     ids = [engine.add_request(p, GREEDY) for p in _prompts(3, seed=6)]

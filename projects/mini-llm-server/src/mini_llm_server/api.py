@@ -151,11 +151,11 @@ def create_app(engine: AsyncEngine, tokenizer: Tokenizer, config: ServiceConfig 
         return ids
 
     async def _run(req: CompletionRequest, ids: list[int]) -> AsyncIterator[tuple[str, str | None, int]]:
-        """(text delta, finish reason or None, tokens so far) as tokens arrive; a stop string cuts the text
-        and ends the request."""
+        """(text delta, finish reason or None, tokens so far) as tokens arrive; the engine ends the request on
+        a stop string, and the text is cut before it."""
         stops = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
         try:
-            stream = engine.stream(ids, _params(req), timeout=req.timeout)
+            stream = engine.stream(ids, _params(req), timeout=req.timeout, stop=stops, detokenize=tokenizer.decode)
             first = await anext(stream)  # the engine validates the request here (length, vocabulary)
         except ValueError as e:
             field = str(e).split(":", 1)[0]
@@ -172,12 +172,9 @@ def create_app(engine: AsyncEngine, tokenizer: Tokenizer, config: ServiceConfig 
                     metrics.itl.observe(now - t_last)
                 t_last = now
             text = tokenizer.decode(out.output)
-            cut = min((text.find(s) for s in stops if s and s in text), default=-1)
-            if cut >= 0:
-                await stream.aclose()  # aborts the request in the engine
-                yield text[len(sent) : cut], "stop", len(out.output)
-                return
             if out.finished:
+                # the engine ended it on a stop string (or stop token): the text stops before the string
+                text = text[: min((text.find(s) for s in stops if s and s in text), default=len(text))]
                 reason = {"length": "length", "context": "length", "stop": "stop"}.get(out.finish_reason)
                 if reason is None:
                     raise ApiError(408 if out.finish_reason == "timeout" else 500,

@@ -5,7 +5,7 @@ disconnected, a cancelled task) aborts its request, which frees its blocks befor
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 
 from tinyllm.sampling import SamplingParams
 
@@ -31,10 +31,12 @@ class AsyncEngine:
             self._loop_task = asyncio.get_running_loop().create_task(self._run())
 
     async def stream(
-        self, prompt: Sequence[int], params: SamplingParams, *, priority: int = 0, timeout: float | None = None
-    ) -> AsyncIterator[RequestOutput]:
+        self, prompt: Sequence[int], params: SamplingParams, *, priority: int = 0, timeout: float | None = None,
+        stop: Sequence[str] = (), detokenize: Callable[[list[int]], str] | None = None,
+    ) -> AsyncIterator[RequestOutput]:  # fmt: skip
         """Outputs of one request as they are produced; the last one has finished=True."""
-        request_id = self.engine.add_request(prompt, params, priority=priority, timeout=timeout)
+        request_id = self.engine.add_request(prompt, params, priority=priority, timeout=timeout, stop=stop,
+                                             detokenize=detokenize)  # fmt: skip
         queue: asyncio.Queue[RequestOutput] = asyncio.Queue()
         self._queues[request_id] = queue
         self._ensure_running()

@@ -78,9 +78,17 @@ class LLMEngine:
     # -- requests ------------------------------------------------------------------------------------------
 
     def add_request(
-        self, prompt: Seq[int], params: SamplingParams, *, priority: int = 0, timeout: float | None = None
+        self,
+        prompt: Seq[int],
+        params: SamplingParams,
+        *,
+        priority: int = 0,
+        timeout: float | None = None,
+        stop: Seq[str] = (),
+        detokenize: Callable[[list[int]], str] | None = None,
     ) -> int:
-        """Queue a request; returns its id. Raises ValueError naming what is wrong with it."""
+        """Queue a request; returns its id. `stop` strings end it (reason "stop") as soon as the detokenized
+        output contains one. Raises ValueError naming what is wrong with the request."""
         cfg = self.model.cfg
         prompt = list(prompt)
         if not prompt:
@@ -97,10 +105,14 @@ class LLMEngine:
                              f"({self.blocks.num_blocks} blocks of {self.config.block_size})")  # fmt: skip
         if timeout is not None and timeout <= 0:
             raise ValueError(f"timeout must be positive, got {timeout}")
+        stop = tuple(s for s in stop if s)
+        if stop and detokenize is None:
+            raise ValueError("stop: stop strings need a detokenize function to read the output as text")
         now = self.clock()
         seq = Sequence(seq_id=next(self._ids), prompt=prompt, params=params, arrival=now, priority=priority,
                        deadline=None if timeout is None else now + timeout,
-                       generator=make_generator(params, self.runner.device))  # fmt: skip
+                       generator=make_generator(params, self.runner.device), stop_strings=stop,
+                       detokenize=detokenize)  # fmt: skip
         self.seqs[seq.seq_id] = seq
         if params.max_new_tokens == 0:
             self._finish(seq, "length")
@@ -181,6 +193,8 @@ class LLMEngine:
 
     def _stop_reason(self, seq: Sequence, token: int) -> str | None:
         if token in seq.params.stop_token_ids:
+            return "stop"
+        if seq.stop_strings and any(s in seq.detokenize(seq.output) for s in seq.stop_strings):
             return "stop"
         if len(seq.output) >= seq.params.max_new_tokens:
             return "length"

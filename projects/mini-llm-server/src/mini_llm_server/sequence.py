@@ -4,6 +4,7 @@ table, and why it finished."""
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -31,6 +32,8 @@ class Sequence:
     finish_reason: str | None = None  # "stop", "length", "context", "abort", "timeout"
     generator: torch.Generator | None = None
     num_preemptions: int = 0
+    stop_strings: tuple[str, ...] = ()  # text that ends the request once the output contains it
+    detokenize: Callable[[list[int]], str] | None = None  # for stop_strings
 
     @property
     def tokens(self) -> list[int]:
