@@ -134,6 +134,7 @@ def test_overload_gets_429_and_every_accepted_request_completes(stack):
     assert all(r.headers["retry-after"] == "1" for r in responses if r.status_code == 429)
     metrics = httpx.get(stack["url"] + "/metrics").text
     assert "mini_llm_rejected_requests_total" in metrics and "mini_llm_kv_blocks_used 0.0" in metrics
+    assert "mini_llm_kv_fragmentation 0.0" in metrics
 
 
 def test_health(stack):

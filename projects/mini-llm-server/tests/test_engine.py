@@ -150,6 +150,14 @@ def test_stop_strings_end_a_request_in_the_step_that_completes_them(model):
         engine.add_request(prompt, GREEDY, stop=["x"])
 
 
+def test_kv_fragmentation_is_the_unfilled_tail_of_each_sequence(model):
+    engine = LLMEngine(model, EngineConfig(num_blocks=64, block_size=8, enable_prefix_caching=False))
+    engine.add_request(list(range(1, 11)), GREEDY)  # 10 prompt tokens
+    engine.add_request(list(range(20, 23)), GREEDY)  # 3
+    engine.step()  # both prompts computed: 13 tokens in 2 + 1 blocks of 8
+    assert engine.metrics()["kv_fragmentation"] == pytest.approx(1 - 13 / 24)
+
+
 def test_abort_frees_blocks_at_once(model):
     engine = LLMEngine(model, EngineConfig(num_blocks=64, block_size=4))
     ids = [engine.add_request(p, GREEDY) for p in _prompts(3, seed=6)]

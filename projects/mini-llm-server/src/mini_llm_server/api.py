@@ -83,6 +83,7 @@ class Metrics:
         self.running = Gauge("mini_llm_running_sequences", "sequences in the batch", registry=r)
         self.kv_used = Gauge("mini_llm_kv_blocks_used", "KV blocks referenced", registry=r)
         self.kv_free = Gauge("mini_llm_kv_blocks_free", "KV blocks allocatable", registry=r)
+        self.kv_fragmentation = Gauge("mini_llm_kv_fragmentation", "held KV slots not holding a token", registry=r)
         self.preemptions = Gauge("mini_llm_preemptions", "preemptions since start", registry=r)
         self.tokens = Counter("mini_llm_generated_tokens", "tokens generated", registry=r)
         self.rejected = Counter("mini_llm_rejected_requests", "requests refused with 429", registry=r)
@@ -123,6 +124,7 @@ def create_app(engine: AsyncEngine, tokenizer: Tokenizer, config: ServiceConfig 
         metrics.running.set(m["running"])
         metrics.kv_used.set(m["kv_blocks_used"])
         metrics.kv_free.set(m["kv_blocks_free"])
+        metrics.kv_fragmentation.set(m["kv_fragmentation"])
         metrics.preemptions.set(m["preemptions"])
         return Response(generate_latest(metrics.registry), media_type="text/plain; version=0.0.4")
 

@@ -222,6 +222,8 @@ class LLMEngine:
 
     def metrics(self) -> dict[str, float | int]:
         stats = self.blocks.stats()
+        live = sum(s.num_computed for s in self.scheduler.running)
+        slots = stats.used * self.config.block_size
         return {
             "waiting": len(self.scheduler.waiting),
             "running": len(self.scheduler.running),
@@ -229,6 +231,9 @@ class LLMEngine:
             "kv_blocks_used": stats.used,
             "kv_blocks_free": stats.free + stats.evictable,
             "kv_blocks_cached": stats.evictable,
+            # slots held but not (yet) holding a token: the partly filled last block of each sequence; below 0
+            # when sequences share prefix blocks
+            "kv_fragmentation": 1.0 - live / slots if slots else 0.0,
             "preemptions": self.scheduler.num_preemptions,
             "prefix_cache_hit_rate": self.blocks.prefix_hits / max(self.blocks.prefix_queries, 1),
             "steps": self.num_steps,
