@@ -88,3 +88,12 @@ def test_evictable_blocks_are_reused_least_recently_freed_first():
     assert first_cached in big.block_table and second_cached not in big.block_table
     assert bm.stats().evictable == 1
     bm.check_invariants([big])
+
+
+@given(st.integers(0, 6), st.integers(0, 6), st.data())
+def test_token_slice_is_the_slice_of_prompt_plus_output(n_prompt, n_output, data):
+    seq = Sequence(seq_id=0, prompt=list(range(n_prompt)), params=PARAMS, arrival=0.0)
+    seq.output = list(range(100, 100 + n_output))
+    start = data.draw(st.integers(0, seq.num_tokens))
+    end = data.draw(st.integers(start, seq.num_tokens))
+    assert seq.token_slice(start, end) == seq.tokens[start:end]

@@ -127,10 +127,9 @@ class BlockManager:
         """After a step computed K/V up to seq.num_computed: publish newly full blocks to the prefix cache."""
         if not self.enable_prefix_caching:
             return
-        hashes = self._seq_hashes.setdefault(seq.seq_id, [])
-        tokens, bs = seq.tokens, self.block_size
-        for i in range(len(hashes), seq.num_computed // bs):
-            chunk = tuple(tokens[i * bs : (i + 1) * bs])
+        hashes, bs = self._seq_hashes.setdefault(seq.seq_id, []), self.block_size
+        for i in range(len(hashes), seq.num_computed // bs):  # usually none: most steps fill no block
+            chunk = tuple(seq.token_slice(i * bs, (i + 1) * bs))
             h = hash((hashes[-1] if hashes else 0, chunk))
             hashes.append(h)
             block = seq.block_table[i]

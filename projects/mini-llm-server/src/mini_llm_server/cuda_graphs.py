@@ -87,8 +87,8 @@ class DecodeGraphs:
         t0 = time.perf_counter()
         B, bs, scratch = len(batch), self.runner.block_size, self.runner.scratch_block
         G = next(s for s in self.sizes if s >= B)
-        cols = [(it.seq.tokens[it.start], it.start, it.seq.block_table[it.start // bs] * bs + it.start % bs,
-                 it.start + 1) for it in batch]  # fmt: skip
+        cols = [(it.seq.token_slice(it.start, it.start + 1)[0], it.start,
+                 it.seq.block_table[it.start // bs] * bs + it.start % bs, it.start + 1) for it in batch]  # fmt: skip
         cols += [(0, 0, self.scratch_slot, 1)] * (G - B)  # padding: write and read the scratch block only
         width = max(len(it.seq.block_table) for it in batch)
         tables = [it.seq.block_table + [scratch] * (width - len(it.seq.block_table)) for it in batch]

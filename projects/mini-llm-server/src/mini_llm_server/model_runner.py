@@ -77,7 +77,7 @@ class ModelRunner:
         if self.decode_graphs is not None and self.decode_graphs.fits(batch):
             return self.decode_graphs.run(batch)
         t0 = time.perf_counter()
-        tokens = self._to_device([t for it in batch for t in it.seq.tokens[it.start : it.start + it.num_tokens]])
+        tokens = self._to_device([t for it in batch for t in it.seq.token_slice(it.start, it.start + it.num_tokens)])
         positions = self._to_device([p for it in batch for p in range(it.start, it.start + it.num_tokens)])
         slots = self._to_device([s for it in batch for s in self._slots(it, it.start)])
         ends = self._to_device(

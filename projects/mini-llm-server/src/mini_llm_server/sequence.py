@@ -39,6 +39,15 @@ class Sequence:
     def tokens(self) -> list[int]:
         return self.prompt + self.output
 
+    def token_slice(self, start: int, end: int) -> list[int]:
+        """tokens[start:end] without building the whole prompt + output list (a hot path: every step)."""
+        P = len(self.prompt)
+        if end <= P:
+            return self.prompt[start:end]
+        if start >= P:
+            return self.output[start - P : end - P]
+        return self.prompt[start:] + self.output[: end - P]
+
     @property
     def num_tokens(self) -> int:
         return len(self.prompt) + len(self.output)
