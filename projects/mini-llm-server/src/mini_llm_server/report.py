@@ -257,7 +257,7 @@ def headline(results: ResultSet) -> list[str]:
 PROJECT = Project(
     name="mini-llm-server",
     title="Building a mini vLLM",
-    summary="continuous batching over a paged KV cache with prefix caching (engine; service next)",
+    summary="a small vLLM: continuous batching over a paged KV cache, CUDA-graph decode, an OpenAI-compatible service",
     root=project_root(__file__),
     bench=bench,
     headline=headline,
