@@ -45,7 +45,7 @@ class ModelRunner:
     ) -> None:
         """decode_graph_batch > 0 (with the paged kernel): decode-only steps of up to that many sequences run
         through DecodeGraphs, captured as CUDA graphs on a GPU, padded but eager elsewhere."""
-        self.model, self.block_size, self.num_blocks = model.eval(), block_size, num_blocks
+        self.model, self.block_size = model.eval(), block_size
         self.paged_kernel = paged_kernel
         cfg, p = model.cfg, model.lm_head.weight
         shape = (cfg.n_layers, num_blocks + 1, block_size, cfg.n_kv_heads, cfg.hd)  # + 1: the scratch block
