@@ -150,6 +150,14 @@ def test_stop_strings_end_a_request_in_the_step_that_completes_them(model):
         engine.add_request(prompt, GREEDY, stop=["x"])
 
 
+def test_the_pool_budget_counts_the_runners_weight_copies(model):
+    from mini_llm_server.model_runner import fused_weight_bytes
+
+    runner = LLMEngine(model, EngineConfig(num_blocks=8)).runner
+    copies = sum(w.numel() * w.element_size() for w in runner.qkv_weight + runner.gate_up_weight)
+    assert fused_weight_bytes(model) == copies > 0
+
+
 def test_kv_fragmentation_is_the_unfilled_tail_of_each_sequence(model):
     engine = LLMEngine(model, EngineConfig(num_blocks=64, block_size=8, enable_prefix_caching=False))
     engine.add_request(list(range(1, 11)), GREEDY)  # 10 prompt tokens

@@ -20,7 +20,7 @@ from tinyllm.sampling import SamplingParams, make_generator, sample
 
 from mini_llm_server.block_manager import BlockManager
 from mini_llm_server.config import EngineConfig
-from mini_llm_server.model_runner import ModelRunner, kv_bytes_per_block
+from mini_llm_server.model_runner import ModelRunner, fused_weight_bytes, kv_bytes_per_block
 from mini_llm_server.scheduler import Scheduler
 from mini_llm_server.sequence import Sequence, Status
 
@@ -46,7 +46,8 @@ def pool_blocks(model: Transformer, config: EngineConfig) -> int:
         budget = config.kv_cache_bytes
     elif device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
-        budget = int(free * config.gpu_memory_fraction)
+        # the runner's fused weight copies come out of the same memory, after the pool is sized
+        budget = int(free * config.gpu_memory_fraction) - fused_weight_bytes(model)
     else:
         budget = CPU_KV_BYTES
     if budget < per_block:

@@ -34,6 +34,13 @@ def kv_bytes_per_block(model: Transformer, block_size: int) -> int:
     return 2 * cfg.n_layers * block_size * cfg.n_kv_heads * cfg.hd * p.element_size()
 
 
+def fused_weight_bytes(model: Transformer) -> int:
+    """What the runner's fused Q/K/V and gate/up copies of the weights take (allocated after the KV pool)."""
+    return sum(p.numel() * p.element_size() for lay in model.layers
+               for p in (lay.self_attn.q_proj.weight, lay.self_attn.k_proj.weight, lay.self_attn.v_proj.weight,
+                         lay.mlp.gate_proj.weight, lay.mlp.up_proj.weight))  # fmt: skip
+
+
 class ModelRunner:
     def __init__(
         self,
