@@ -41,6 +41,7 @@ class ServingConfig:
     concurrencies: tuple[int, ...] = (1, 8, 32, 128)
     requests_per_client: int = 4  # closed loop: each client sends this many, at least min_requests in all
     min_requests: int = 16
+    max_requests: int = 256  # FIFO serves one request at a time: 4 x 128 of them would take most of the run
     prompt_words: tuple[int, int] = (16, 256)
     output_tokens: tuple[int, int] = (32, 256)
     max_num_seqs: int = 128  # the batch limit of continuous and static batching
@@ -75,7 +76,7 @@ def measure(model: Transformer, tok: Tokenizer, cfg: ServingConfig) -> list[dict
             seqs = 1 if policy == "fifo" else cfg.max_num_seqs
             group = max(1, min(c, seqs) // ADMISSION_DIVISOR) if policy == "continuous" else 1
             engine = EngineConfig(policy=policy, max_num_seqs=seqs, max_num_batched_tokens=2048, min_admission=group)
-            n = max(cfg.min_requests, cfg.requests_per_client * c)
+            n = min(cfg.max_requests, max(cfg.min_requests, cfg.requests_per_client * c))
             load = LoadConfig(url="", model="bench", num_requests=n, concurrency=c, prompt_words=cfg.prompt_words,
                               output_tokens=cfg.output_tokens)  # fmt: skip
             rows.append({"policy": policy, "load": f"closed, {c} clients", "concurrency": c,
