@@ -119,7 +119,7 @@ def create_app(engine: AsyncEngine, tokenizer: Tokenizer, config: ServiceConfig 
 
     @app.get("/metrics")
     async def prometheus():
-        m = eng.metrics()
+        m = await engine.metrics()
         metrics.queue.set(m["waiting"])
         metrics.running.set(m["running"])
         metrics.kv_used.set(m["kv_blocks_used"])
@@ -138,15 +138,14 @@ def create_app(engine: AsyncEngine, tokenizer: Tokenizer, config: ServiceConfig 
                            "model")  # fmt: skip
         ids = tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
         busy = None
-        if len(eng.scheduler.waiting) >= config.max_queue:
+        waiting = engine.waiting_lengths()
+        if len(waiting) >= config.max_queue:
             busy = f"server overloaded: {config.max_queue} requests already waiting"
-        elif eng.scheduler.waiting:  # requests already queue for memory: admit only what the free KV blocks hold
+        elif waiting:  # requests already queue for memory: admit only what the free KV blocks hold
             bs = eng.config.block_size
-            demand = sum(-(-s.num_tokens // bs) for s in eng.scheduler.waiting) + -(-len(ids) // bs)
+            demand = sum(-(-n // bs) for n in waiting) + -(-len(ids) // bs)
             if demand > eng.blocks.num_free_blocks:
-                busy = (
-                    f"server overloaded: the KV cache cannot hold the {len(eng.scheduler.waiting) + 1} waiting prompts"
-                )
+                busy = f"server overloaded: the KV cache cannot hold the {len(waiting) + 1} waiting prompts"
         if busy:
             metrics.rejected.inc()
             raise ApiError(429, busy, headers={"Retry-After": str(config.retry_after_s)})

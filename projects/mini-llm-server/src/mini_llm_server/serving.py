@@ -1,7 +1,9 @@
 """`mini-llm-server serving-bench`: the serving report's measurements, in one run.
 
 For each policy (continuous batching, static batching, FIFO) a fresh in-process server on loopback is
-driven by the closed-loop load generator at each concurrency, every request streaming: TTFT, inter-token
+driven by the closed-loop load generator, in a process of its own as a real client would be (in the
+server's process its parsing would compete for the interpreter lock), at each concurrency, every request
+streaming: TTFT, inter-token
 and end-to-end percentiles, requests/s, tokens/s, KV memory per active request. Then 2x overload:
 open-loop Poisson arrivals at twice the request rate continuous batching sustained at the highest
 concurrency, against a bounded queue, where the p99 TTFT of admitted requests must stay bounded and the
@@ -14,6 +16,8 @@ and the trained `small` preset's tokenizer and vocabulary; on a CPU whatever mod
 from __future__ import annotations
 
 import asyncio
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -28,12 +32,13 @@ from mini_llm_server.api import ServiceConfig, create_app, serve_in_thread
 from mini_llm_server.async_engine import AsyncEngine
 from mini_llm_server.config import EngineConfig
 from mini_llm_server.engine import LLMEngine
-from mini_llm_server.load import LoadConfig, run, summarize
+from mini_llm_server.load import LoadConfig, Result, run, summarize
 from mini_llm_server.load_record import service_context
 from mini_llm_server.model_runner import kv_bytes_per_block
 from mini_llm_server.report import ADMISSION_DIVISOR, TINYLLAMA, release_memory
 
 POLICIES = ("continuous", "static", "fifo")
+METHOD = "uvicorn on loopback (engine on its own thread), httpx streaming client in a second process"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -50,26 +55,40 @@ class ServingConfig:
     overload_seconds: float = 30.0
 
 
-def _point(model: Transformer, tok: Tokenizer, engine_config: EngineConfig, load: LoadConfig, max_queue: int) -> dict:
+def _drive(load: LoadConfig) -> tuple[list[Result], float]:
+    return asyncio.run(run(load))
+
+
+def _point(model: Transformer, tok: Tokenizer, engine_config: EngineConfig, load: LoadConfig, max_queue: int,
+           client: ProcessPoolExecutor) -> dict:  # fmt: skip
     engine = LLMEngine(model, engine_config)
-    app = create_app(AsyncEngine(engine), tok, ServiceConfig(model_name="bench", max_queue=max_queue))
+    async_engine = AsyncEngine(engine)
+    app = create_app(async_engine, tok, ServiceConfig(model_name="bench", max_queue=max_queue))
     server, thread, url = serve_in_thread(app)
     try:
-        summary = summarize(*asyncio.run(run(replace(load, url=url))))
+        summary = summarize(*client.submit(_drive, replace(load, url=url)).result())
         m = engine.metrics()
     finally:
         server.should_exit = True
         thread.join(timeout=30)
+        async_engine.close()
     block_bytes = kv_bytes_per_block(model, engine_config.block_size)
     active = min(load.concurrency or engine_config.max_num_seqs, engine_config.max_num_seqs)  # running at peak
     summary["kv_MB_per_request"] = m["kv_blocks_peak"] * block_bytes / 1e6 / active
     summary["preemptions"] = m["preemptions"]
-    del engine, app
+    busy = sum(m[f"{k}_seconds"] for k in ("schedule", "prepare", "forward", "sample"))
+    summary["engine_step_ms"] = 1e3 * busy / max(m["steps"], 1)  # the engine alone, without HTTP
+    del engine, async_engine, app, server, thread
     release_memory(model.lm_head.weight.device)
     return summary
 
 
 def measure(model: Transformer, tok: Tokenizer, cfg: ServingConfig) -> list[dict]:
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as client:
+        return _measure(model, tok, cfg, client)
+
+
+def _measure(model: Transformer, tok: Tokenizer, cfg: ServingConfig, client: ProcessPoolExecutor) -> list[dict]:
     rows = []
     for policy in POLICIES:
         for c in cfg.concurrencies:
@@ -80,7 +99,7 @@ def measure(model: Transformer, tok: Tokenizer, cfg: ServingConfig) -> list[dict
             load = LoadConfig(url="", model="bench", num_requests=n, concurrency=c, prompt_words=cfg.prompt_words,
                               output_tokens=cfg.output_tokens)  # fmt: skip
             rows.append({"policy": policy, "load": f"closed, {c} clients", "concurrency": c,
-                         **_point(model, tok, engine, load, cfg.max_queue)})  # fmt: skip
+                         **_point(model, tok, engine, load, cfg.max_queue, client)})  # fmt: skip
             print(f"  {policy} c={c}: {rows[-1]['tokens_per_s']:.0f} tok/s, p95 ITL {rows[-1]['itl_p95_ms']} ms",
                   flush=True)  # fmt: skip
     top = max(cfg.concurrencies)
@@ -92,7 +111,7 @@ def measure(model: Transformer, tok: Tokenizer, cfg: ServingConfig) -> list[dict
                       rate=rate, prompt_words=cfg.prompt_words, output_tokens=cfg.output_tokens)  # fmt: skip
     queue = cfg.max_num_seqs  # a queue as deep as one batch: past it, refuse rather than let TTFT grow
     rows.append({"policy": "continuous", "load": f"open, {cfg.overload_factor:g}x sustained rate ({rate:.1f}/s)",
-                 "concurrency": 0, **_point(model, tok, engine, load, queue)})  # fmt: skip
+                 "concurrency": 0, **_point(model, tok, engine, load, queue, client)})  # fmt: skip
     return rows
 
 
@@ -112,7 +131,7 @@ def write_serving_record(rows: list[dict], cfg: ServingConfig, model_name: str, 
     columns = [param("policy"), param("load"), param("concurrency", "closed-loop clients; 0: open loop")]
     columns += [metric(k, "ms" if k.endswith("_ms") else "MB" if k.endswith("_MB_per_request") else "") for k in keys]
     ctx.record(benchmark="serving", columns=columns, rows=rows, config={**asdict(cfg), "model": model_name},
-               timing=TimingConfig(warmup=0, repeats=1), method="in-process uvicorn on loopback, httpx streaming",
+               timing=TimingConfig(warmup=0, repeats=1), method=METHOD,
                notes="Latencies as a streaming client sees them; 429s counted apart from errors; KV MB per request "
                "= peak KV blocks in use x bytes per block / concurrency.")  # fmt: skip
     return ctx.written[-1]
