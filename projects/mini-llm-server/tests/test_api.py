@@ -258,3 +258,24 @@ def test_serving_bench_at_toy_scale_measures_every_policy(parts, tmp_path):
     assert rows[-1]["load"].startswith("open") and rows[-1]["errors"] == 0
     path = write_serving_record(rows, cfg, "toy", torch.device("cpu"), root=tmp_path)
     assert len(read_record(path).rows) == len(rows)
+
+
+def test_closing_a_stopped_servers_engine_frees_its_kv_pool(parts):
+    # FastAPI keeps endpoint functions (and what they close over) for the life of the process: without
+    # close() a benchmark serving one engine after another would run out of device memory
+    import gc
+    import weakref
+
+    model, tok = parts
+    engine = LLMEngine(model, EngineConfig(num_blocks=16, block_size=8))
+    async_engine = AsyncEngine(engine)
+    server, thread, url = serve_in_thread(create_app(async_engine, tok, ServiceConfig(model_name="t")))
+    body = {"model": "t", "prompt": "the quick brown fox", "max_tokens": 4, "temperature": 0}
+    assert httpx.post(url + "/v1/completions", json=body, timeout=60).status_code == 200
+    server.should_exit = True
+    thread.join(timeout=30)
+    pool = weakref.ref(engine.runner.k_cache)
+    async_engine.close()
+    del engine, async_engine, server, thread
+    gc.collect()
+    assert pool() is None

@@ -52,8 +52,11 @@ class AsyncEngine:
             self._loop_task = asyncio.get_running_loop().create_task(self._drive())
 
     def close(self) -> None:
-        """Let the engine's thread end once its queued calls are done (a server that has stopped)."""
-        self._worker.shutdown(wait=False)
+        """After the server has stopped: end the engine's thread once its queued calls are done, then release
+        the engine's device memory (FastAPI caches endpoint functions, and through them the engine, for the
+        life of the process; a process that serves several engines in turn needs this)."""
+        self._worker.shutdown(wait=True)
+        self.engine.close()
 
     def waiting_lengths(self) -> list[int]:
         """Token counts of the requests waiting to run: the engine's queue and the adds on their way to it

@@ -135,6 +135,11 @@ class LLMEngine:
         seq.status, seq.finish_reason = Status.FINISHED, reason
         self.seqs.pop(seq.seq_id, None)
 
+    def close(self) -> None:
+        """Drop the model runner (KV pool, fused weight copies, CUDA graphs) so its device memory can be freed
+        now rather than whenever the last reference to the engine goes; the engine cannot step afterwards."""
+        self.runner = None
+
     def has_unfinished(self) -> bool:
         return self.scheduler.has_work() or bool(self._done_at_add)
 
