@@ -11,10 +11,12 @@ generator, which aborts the request and frees its blocks before the next engine 
 from __future__ import annotations
 
 import json
+import sys
 import threading
 import time
 import uuid
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Literal
 
@@ -29,6 +31,9 @@ from tinyllm.tokenizer import Tokenizer
 
 from mini_llm_server.async_engine import AsyncEngine
 from mini_llm_server.chat_template import render_chat
+from mini_llm_server.detokenizer import IncrementalDetokenizer
+
+DISCONNECT_CHECK_S = 0.05
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -37,6 +42,9 @@ class ServiceConfig:
     max_queue: int = 64  # waiting requests beyond which new ones get 429
     retry_after_s: int = 1
     chat_template: dict | None = None  # the checkpoint's (chat_template.load_chat_template); None: role-prefixed
+    # while serving, how soon a thread waiting for the interpreter lock gets it (Python's default: 5 ms): the
+    # engine's thread, back from the GPU, would otherwise wait up to that long behind the streams' writes
+    switch_interval_s: float = 0.0005
 
 
 class CompletionRequest(BaseModel):
@@ -95,7 +103,17 @@ class Metrics:
 
 def create_app(engine: AsyncEngine, tokenizer: Tokenizer, config: ServiceConfig | None = None) -> FastAPI:
     config = config or ServiceConfig()
-    app = FastAPI(title="mini-llm-server")
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        default = sys.getswitchinterval()
+        sys.setswitchinterval(config.switch_interval_s)
+        try:
+            yield
+        finally:
+            sys.setswitchinterval(default)
+
+    app = FastAPI(title="mini-llm-server", lifespan=lifespan)
     metrics = Metrics()
     eng = engine.engine
 
@@ -162,6 +180,7 @@ def create_app(engine: AsyncEngine, tokenizer: Tokenizer, config: ServiceConfig 
             field = str(e).split(":", 1)[0]
             raise ApiError(400, str(e), field if field in ("prompt", "timeout") else None) from None
         sent, t_start, t_last = "", time.perf_counter(), None
+        text_stream = IncrementalDetokenizer(tokenizer.decode)
         out = first
         while True:
             now = time.perf_counter()
@@ -172,9 +191,9 @@ def create_app(engine: AsyncEngine, tokenizer: Tokenizer, config: ServiceConfig 
                 else:
                     metrics.itl.observe(now - t_last)
                 t_last = now
-            text = tokenizer.decode(out.output)
             if out.finished:
                 # the engine ended it on a stop string (or stop token): the text stops before the string
+                text = tokenizer.decode(out.output)
                 text = text[: min((text.find(s) for s in stops if s and s in text), default=len(text))]
                 reason = {"length": "length", "context": "length", "stop": "stop"}.get(out.finish_reason)
                 if reason is None:
@@ -182,9 +201,10 @@ def create_app(engine: AsyncEngine, tokenizer: Tokenizer, config: ServiceConfig 
                                    f"request ended: {out.finish_reason}")  # fmt: skip
                 yield text[len(sent) :], reason, len(out.output)
                 return
-            if not text.endswith("\ufffd"):  # hold back a partial UTF-8 character
-                yield text[len(sent) :], None, len(out.output)
-                sent = text
+            delta = text_stream.new_text(out.output)
+            if delta:
+                yield delta, None, len(out.output)
+                sent += delta
             out = await anext(stream)
 
     async def _respond(req: CompletionRequest, ids: list[int], chat: bool, request: Request):
@@ -213,7 +233,7 @@ def create_app(engine: AsyncEngine, tokenizer: Tokenizer, config: ServiceConfig 
         async def events():
             chunk_kind = "chat.completion.chunk" if chat else "text_completion"
             try:
-                item = first
+                item, last_check = first, time.perf_counter()
                 while True:
                     delta, reason, _ = item
                     body = {"id": rid, "object": chunk_kind, "created": created, "model": config.model_name,
@@ -221,8 +241,13 @@ def create_app(engine: AsyncEngine, tokenizer: Tokenizer, config: ServiceConfig 
                     yield f"data: {json.dumps(body)}\n\n"
                     if reason is not None:
                         break
-                    if await request.is_disconnected():  # a write to a closed socket may not raise: ask
-                        break
+                    # Starlette cancels this generator when the client goes (ASGI < 2.4, uvicorn's); where a
+                    # write to a closed socket may not raise, ask, but not per token: asking costs a task switch
+                    now = time.perf_counter()
+                    if now - last_check > DISCONNECT_CHECK_S:
+                        if await request.is_disconnected():
+                            break
+                        last_check = now
                     item = await anext(gen)
                 yield "data: [DONE]\n\n"
             finally:
