@@ -57,7 +57,7 @@ __device__ __forceinline__ math_t<T> grad(math_t<T> v) {
 }
 
 // 16-byte vectors per thread, loaded before any math. More vectors in flight hide the math's latency but
-// cost registers (occupancy); measured on the H100 at 2^26 bf16 elements, GB/s for 1 / 2 / 4 vectors:
+// cost registers (occupancy); an A/B on the H100 at 2^26 bf16 elements (a throwaway probe), GB/s for 1 / 2 / 4:
 // forward erf 2529 / 2624 / 2650, forward tanh 2766 / 2741 / 2666, backward erf 2861 / 2808 / 2640,
 // backward tanh 2934 / 2879 / 2823. Only the 16-bit erf forward gains; fp32 runs at the copy rate with one.
 template <typename T, Approx A, bool FORWARD>
