@@ -66,7 +66,11 @@ def _point(model: Transformer, tok: Tokenizer, engine_config: EngineConfig, load
     app = create_app(async_engine, tok, ServiceConfig(model_name="bench", max_queue=max_queue))
     server, thread, url = serve_in_thread(app)
     try:
-        summary = summarize(*client.submit(_drive, replace(load, url=url)).result())
+        results, wall = client.submit(_drive, replace(load, url=url)).result()
+        summary = summarize(results, wall)
+        failed = {f"{r.status}: {r.error}" for r in results if r.status != 429 and (r.status != 200 or r.error)}
+        for what in sorted(failed):  # the record counts errors; the log says what they were
+            print(f"  error: {what}", flush=True)
         m = engine.metrics()
     finally:
         server.should_exit = True
