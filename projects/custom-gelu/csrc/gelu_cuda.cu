@@ -42,17 +42,18 @@ bool aligned16(const void *p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0;
 template <typename T>
 using math_t = std::conditional_t<std::is_same_v<T, double>, double, float>;  // fp32 registers unless fp64
 
-// fp16 / bf16 use the erfc form of the exact GELU (gelu_math.h): the same function to well under a 16-bit
-// rounding, in fewer instructions than erff; fp32 and fp64 keep erf, which keeps up with memory there
+// fp16 / bf16 use the 16-bit forms of gelu_math.h (the same functions to well under a 16-bit rounding, in
+// fewer instructions); fp32 and fp64 keep erf and tanh, which keep up with memory there
 template <Approx A, typename T>
 __device__ __forceinline__ math_t<T> value(math_t<T> v) {
-  if constexpr (A == Approx::None && sizeof(T) == 2) return gelu_value_erfc(v);
+  if constexpr (sizeof(T) == 2 && A == Approx::None) return gelu_value_erfc16(v);
+  else if constexpr (sizeof(T) == 2) return gelu_value_tanh16(v);
   else return gelu_value<A, math_t<T>>(v);
 }
 
 template <Approx A, typename T>
 __device__ __forceinline__ math_t<T> grad(math_t<T> v) {
-  if constexpr (A == Approx::None && sizeof(T) == 2) return gelu_grad_erfc(v);
+  if constexpr (A == Approx::None && sizeof(T) == 2) return gelu_grad_erfc16(v);
   else return gelu_grad<A, math_t<T>>(v);
 }
 
@@ -88,13 +89,13 @@ __global__ void __launch_bounds__(THREADS) fwd_kernel(const T *__restrict__ x, c
       for (int u = 0; u < U; ++u) {
         Pack<T> py;
 #pragma unroll
-        for (int e = 0; e < V; ++e) py.v[e] = T(value<A, T>(M(px[u].v[e]) + (BIAS ? M(pb[u].v[e]) : M(0))));
+        for (int e = 0; e < V; ++e) py.v[e] = T(value<A, T>(BIAS ? M(px[u].v[e]) + M(pb[u].v[e]) : M(px[u].v[e])));
         *reinterpret_cast<Pack<T> *>(y + i0 + u * THREADS * V) = py;
       }
     } else {
       for (int u = 0; u < U; ++u)
         for (int64_t j = i0 + u * THREADS * V; j < n && j < i0 + u * THREADS * V + V; ++j)
-          y[j] = T(value<A, T>(M(x[j]) + (BIAS ? M(b[j % cols]) : M(0))));
+          y[j] = T(value<A, T>(BIAS ? M(x[j]) + M(b[j % cols]) : M(x[j])));
     }
   }
 }

@@ -22,49 +22,73 @@ struct GeluConst {
 };
 
 // excerpt: erfc-cdf
-// Phi(x) through erfc: Phi(x) = 0.5 erfc(-x / sqrt 2), with erfc(z) = t exp(-z^2 + P(t)), t = 1 / (1 + z/2),
-// P a degree-9 Chebyshev fit (Numerical Recipes' erfcc), relative error below 1.2e-7 for every z >= 0.
-// One reciprocal, ten FMAs and one exponential, against erff's two polynomials and the selects between
-// them: what lets the 16-bit kernels, eight values per 16-byte load, keep up with memory. And unlike
-// 0.5 (1 + erf(x / sqrt 2)), it keeps its relative accuracy in the negative tail, where 1 + erf cancels to
-// 0 (torch's GELU returns 0 there from x < -8 or so, fp64 too).
-template <typename F>
-GELU_HD F fast_exp(F a) {
+// The 16-bit CUDA kernels' GELU: eight values per 16-byte load leave about 25 instructions per value before
+// the math, not memory, sets the pace, and erff alone is about that (two polynomials and the selects
+// between them). So Phi goes through erfc, Phi(x) = erfc(-x / sqrt 2) / 2, with Numerical Recipes' erfcc,
+// erfc(z) = t exp(-z^2 + P(t)), t = 1 / (1 + z / 2), P a degree-9 Chebyshev fit with a relative error
+// below 1.2e-7 for every z >= 0: one reciprocal, nine FMAs and one base-2 exponential (log2 e folded into
+// the coefficients, so ex2 and rcp are single hardware approximations, 2 ulp at most). Unlike
+// 0.5 (1 + erf), it keeps its relative accuracy in the negative tail, where 1 + erf cancels to 0 (torch's
+// GELU returns 0 there from x ~ -8, fp64 too). The exponent carries +24, taken back by an exact power-of-
+// two multiply, so values whose exponential alone would be subnormal (flushed by ex2.approx.ftz) survive
+// when the product is not. Only for float math: fp32 and fp64 tensors keep erf.
+GELU_HD float ex2_approx(float a) {
 #if defined(__CUDA_ARCH__)
-  if constexpr (sizeof(F) == 4) return __expf(a);  // ex2.approx: 2 ulp, plenty for a 16-bit result
+  float r;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(a));
+  return r;
+#else
+  return std::exp2(a);
 #endif
-  return std::exp(a);
 }
 
-template <typename F>
-GELU_HD F fast_rcp(F a) {
+GELU_HD float rcp_approx(float a) {
 #if defined(__CUDA_ARCH__)
-  if constexpr (sizeof(F) == 4) return __fdividef(F(1), a);  // rcp.approx, for a in [1, inf)
+  float r;
+  asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(a));
+  return r;
+#else
+  return 1.0f / a;
 #endif
-  return F(1) / a;
 }
 
-template <typename F>
-GELU_HD F normal_cdf_erfc(F x) {
-  const F z = (x < F(0) ? -x : x) * GeluConst<F>::inv_sqrt2;
-  const F t = fast_rcp(F(1) + F(0.5) * z);
-  constexpr F c[10] = {F(0.17087277), F(-0.82215223), F(1.48851587), F(-1.13520398), F(0.27886807),
-                       F(-0.18628806), F(0.09678418),  F(0.37409196), F(1.00002368),  F(-1.26551223)};
-  F p = c[0];
+struct Erfc16 {
+  static constexpr float log2e = 1.4426950408889634f;
+  static constexpr float shift = 24.0f;               // exponent bias, removed by * 2^-24
+  static constexpr float unshift = 5.9604644775390625e-8f;  // 2^-24
+  static constexpr float neg_half_log2e = -0.7213475204444817f;  // -log2(e) / 2: x^2 / 2 in base 2
+  static constexpr float log2_pdf0 = -1.3257480647361593f;       // log2(1 / sqrt(2 pi))
+};
+
+// Phi(x) and its tail term: returns Phi(x); the caller gets x*x in base-2 units to reuse
+GELU_HD float normal_cdf_erfc16(float x, float xx) {
+  using C = Erfc16;
+  const float t = rcp_approx(1.0f + 0.35355339059327373f * std::fabs(x));  // z / 2 = |x| / (2 sqrt 2)
+  // log2(e) * P(t), with -1 (the halving of erfc) and the exponent shift in the constant term
+  constexpr float c[10] = {0.17087277f * C::log2e,  -0.82215223f * C::log2e, 1.48851587f * C::log2e,
+                           -1.13520398f * C::log2e, 0.27886807f * C::log2e,  -0.18628806f * C::log2e,
+                           0.09678418f * C::log2e,  0.37409196f * C::log2e,  1.00002368f * C::log2e,
+                           -1.26551223f * C::log2e - 1.0f + C::shift};
+  float p = c[0];
   for (int i = 1; i < 10; ++i) p = p * t + c[i];  // a constant trip count: unrolled by both compilers
-  const F half_erfc = F(0.5) * t * fast_exp(p - z * z);
-  return x >= F(0) ? F(1) - half_erfc : half_erfc;
+  const float half_erfc = t * ex2_approx(xx * C::neg_half_log2e + p) * C::unshift;
+  return x >= 0.0f ? 1.0f - half_erfc : half_erfc;
 }
 
-// The exact form through normal_cdf_erfc (the fp16 and bf16 CUDA kernels use these)
-template <typename F>
-GELU_HD F gelu_value_erfc(F x) {
-  return x * normal_cdf_erfc(x);
+GELU_HD float gelu_value_erfc16(float x) { return x * normal_cdf_erfc16(x, x * x); }
+
+GELU_HD float gelu_grad_erfc16(float x) {
+  using C = Erfc16;
+  const float xx = x * x;
+  const float x_pdf = x * ex2_approx(xx * C::neg_half_log2e + (C::log2_pdf0 + C::shift)) * C::unshift;
+  return normal_cdf_erfc16(x, xx) + x_pdf;
 }
 
-template <typename F>
-GELU_HD F gelu_grad_erfc(F x) {
-  return normal_cdf_erfc(x) + x * GeluConst<F>::inv_sqrt_2pi * fast_exp(F(-0.5) * x * x);
+// the tanh form, as x * sigmoid(2u): 0.5 (1 + tanh u) = 1 / (1 + exp(-2u)), one ex2 and one rcp
+GELU_HD float gelu_value_tanh16(float x) {
+  constexpr float c1 = -2.0f * 0.7978845608028654f * Erfc16::log2e;  // -2u log2(e) = x (c1 + c2 x^2)
+  constexpr float c2 = c1 * 0.044715f;
+  return x * rcp_approx(1.0f + ex2_approx(x * (c1 + c2 * x * x)));
 }
 // end-excerpt
 
