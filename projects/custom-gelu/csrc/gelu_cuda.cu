@@ -1,6 +1,6 @@
 // CUDA kernels: GELU forward and backward, plain and with a fused bias, fp32 / fp16 / bf16.
-// Memory-bound (a few dozen instructions per element against 4-6 bytes moved), so the game is keeping bytes
-// in flight: 16-byte vector loads and stores, several vectors per thread for 16-bit types, fp32 math, one pass.
+// Memory-bound only if the math is cheap enough: 16-byte vector loads and stores, one vector per thread over
+// as many blocks as it takes, fp32 math (cheap hardware approximations for 16-bit types), one pass.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <c10/cuda/CUDAException.h>
@@ -31,10 +31,10 @@ int num_sms() {
   return sms;
 }
 
-int64_t grid_for(int64_t n, int64_t per_block) {
-  // one tile per block and as many blocks as that takes (the grid-stride loop only matters past 2^31 - 1
-  // blocks): short-lived blocks let the scheduler keep every SM full to the end
-  return std::max<int64_t>(1, std::min<int64_t>((n + per_block - 1) / per_block, (int64_t(1) << 31) - 1));
+int64_t grid_for(int64_t work_items) {
+  // one 16-byte vector per thread and as many blocks as that takes (the grid-stride loop only matters past
+  // 2^31 - 1 blocks): short-lived blocks let the scheduler keep every SM full to the end
+  return std::max<int64_t>(1, std::min<int64_t>((work_items + THREADS - 1) / THREADS, (int64_t(1) << 31) - 1));
 }
 
 bool aligned16(const void *p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
@@ -57,45 +57,25 @@ __device__ __forceinline__ math_t<T> grad(math_t<T> v) {
   else return gelu_grad<A, math_t<T>>(v);
 }
 
-// 16-byte vectors per thread, loaded before any math. More vectors in flight hide the math's latency but
-// cost registers (occupancy); an A/B on the H100 at 2^26 bf16 elements (a throwaway probe), GB/s for 1 / 2 / 4:
-// forward erf 2529 / 2624 / 2650, forward tanh 2766 / 2741 / 2666, backward erf 2861 / 2808 / 2640,
-// backward tanh 2934 / 2879 / 2823. Only the 16-bit erf forward gains; fp32 runs at the copy rate with one.
-template <typename T, Approx A, bool FORWARD>
-constexpr int packs_per_thread() {
-  return sizeof(T) == 2 && A == Approx::None && FORWARD ? 4 : 1;
-}
-
 // excerpt: forward-kernel
-// Each block covers a tile of THREADS x U vectors; a thread loads its U vectors (THREADS vectors apart, so
-// every load instruction is coalesced across the warp), then computes and stores them. A tile that runs
-// past the end takes the scalar path.
+// One 16-byte vector per thread. (Four vectors in flight per thread, loaded before any math, helped the
+// 16-bit erf forward while it used erff; with the cheaper math above one is best in every case, measured.)
 template <Approx A, typename T, bool BIAS, bool VEC>
 __global__ void __launch_bounds__(THREADS) fwd_kernel(const T *__restrict__ x, const T *__restrict__ b,
                                                       T *__restrict__ y, int64_t n, int64_t cols) {
   using M = math_t<T>;
-  constexpr int V = VEC ? Pack<T>::N : 1, U = VEC ? packs_per_thread<T, A, true>() : 1;
-  constexpr int64_t TILE = int64_t(THREADS) * V * U;
-  for (int64_t start = int64_t(blockIdx.x) * TILE; start < n; start += int64_t(gridDim.x) * TILE) {
-    const int64_t i0 = start + int64_t(threadIdx.x) * V;
-    if (VEC && start + TILE <= n) {
-      Pack<T> px[U], pb[U];
+  constexpr int V = VEC ? Pack<T>::N : 1;
+  const int64_t stride = int64_t(gridDim.x) * blockDim.x * V;
+  for (int64_t i = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) * V; i < n; i += stride) {
+    if (VEC && i + V <= n) {
+      const Pack<T> px = *reinterpret_cast<const Pack<T> *>(x + i);
+      Pack<T> pb, py;
+      if constexpr (BIAS) pb = *reinterpret_cast<const Pack<T> *>(b + i % cols);  // cols % V == 0: one row
 #pragma unroll
-      for (int u = 0; u < U; ++u) {
-        px[u] = *reinterpret_cast<const Pack<T> *>(x + i0 + u * THREADS * V);
-        if constexpr (BIAS) pb[u] = *reinterpret_cast<const Pack<T> *>(b + (i0 + u * THREADS * V) % cols);
-      }
-#pragma unroll
-      for (int u = 0; u < U; ++u) {
-        Pack<T> py;
-#pragma unroll
-        for (int e = 0; e < V; ++e) py.v[e] = T(value<A, T>(BIAS ? M(px[u].v[e]) + M(pb[u].v[e]) : M(px[u].v[e])));
-        *reinterpret_cast<Pack<T> *>(y + i0 + u * THREADS * V) = py;
-      }
+      for (int e = 0; e < V; ++e) py.v[e] = T(value<A, T>(BIAS ? M(px.v[e]) + M(pb.v[e]) : M(px.v[e])));
+      *reinterpret_cast<Pack<T> *>(y + i) = py;
     } else {
-      for (int u = 0; u < U; ++u)
-        for (int64_t j = i0 + u * THREADS * V; j < n && j < i0 + u * THREADS * V + V; ++j)
-          y[j] = T(value<A, T>(BIAS ? M(x[j]) + M(b[j % cols]) : M(x[j])));
+      for (int64_t j = i; j < n && j < i + V; ++j) y[j] = T(value<A, T>(BIAS ? M(x[j]) + M(b[j % cols]) : M(x[j])));
     }
   }
 }
@@ -105,28 +85,18 @@ template <Approx A, typename T, bool VEC>
 __global__ void __launch_bounds__(THREADS) bwd_kernel(const T *__restrict__ g, const T *__restrict__ x,
                                                       T *__restrict__ dx, int64_t n) {
   using M = math_t<T>;
-  constexpr int V = VEC ? Pack<T>::N : 1, U = VEC ? packs_per_thread<T, A, false>() : 1;
-  constexpr int64_t TILE = int64_t(THREADS) * V * U;
-  for (int64_t start = int64_t(blockIdx.x) * TILE; start < n; start += int64_t(gridDim.x) * TILE) {
-    const int64_t i0 = start + int64_t(threadIdx.x) * V;
-    if (VEC && start + TILE <= n) {
-      Pack<T> pg[U], px[U];
+  constexpr int V = VEC ? Pack<T>::N : 1;
+  const int64_t stride = int64_t(gridDim.x) * blockDim.x * V;
+  for (int64_t i = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) * V; i < n; i += stride) {
+    if (VEC && i + V <= n) {
+      const Pack<T> pg = *reinterpret_cast<const Pack<T> *>(g + i);
+      const Pack<T> px = *reinterpret_cast<const Pack<T> *>(x + i);
+      Pack<T> pd;
 #pragma unroll
-      for (int u = 0; u < U; ++u) {
-        pg[u] = *reinterpret_cast<const Pack<T> *>(g + i0 + u * THREADS * V);
-        px[u] = *reinterpret_cast<const Pack<T> *>(x + i0 + u * THREADS * V);
-      }
-#pragma unroll
-      for (int u = 0; u < U; ++u) {
-        Pack<T> pd;
-#pragma unroll
-        for (int e = 0; e < V; ++e) pd.v[e] = T(M(pg[u].v[e]) * grad<A, T>(M(px[u].v[e])));
-        *reinterpret_cast<Pack<T> *>(dx + i0 + u * THREADS * V) = pd;
-      }
+      for (int e = 0; e < V; ++e) pd.v[e] = T(M(pg.v[e]) * grad<A, T>(M(px.v[e])));
+      *reinterpret_cast<Pack<T> *>(dx + i) = pd;
     } else {
-      for (int u = 0; u < U; ++u)
-        for (int64_t j = i0 + u * THREADS * V; j < n && j < i0 + u * THREADS * V + V; ++j)
-          dx[j] = T(M(g[j]) * grad<A, T>(M(x[j])));
+      for (int64_t j = i; j < n && j < i + V; ++j) dx[j] = T(M(g[j]) * grad<A, T>(M(x[j])));
     }
   }
 }
@@ -200,16 +170,14 @@ at::Tensor forward(const at::Tensor &x_in, const at::Tensor *b, int64_t approx) 
     const T *bp = BIAS ? b->data_ptr<T>() : nullptr;
     const bool vec = aligned16(x.data_ptr()) && aligned16(y.data_ptr()) &&
                      (!BIAS || (cols % Pack<T>::N == 0 && aligned16(bp)));
-    auto launch = [&](auto kernel, int packs) {
-      const int64_t tile = vec ? int64_t(THREADS) * Pack<T>::N * packs : THREADS;
-      kernel<<<grid_for(n, tile), THREADS, 0, stream>>>(x.data_ptr<T>(), bp, y.data_ptr<T>(), n, cols);
+    const int64_t items = vec ? (n + Pack<T>::N - 1) / Pack<T>::N : n;
+    auto launch = [&](auto kernel) {
+      kernel<<<grid_for(items), THREADS, 0, stream>>>(x.data_ptr<T>(), bp, y.data_ptr<T>(), n, cols);
     };
     if (approx) {
-      vec ? launch(fwd_kernel<Approx::Tanh, T, BIAS, true>, packs_per_thread<T, Approx::Tanh, true>())
-          : launch(fwd_kernel<Approx::Tanh, T, BIAS, false>, 1);
+      vec ? launch(fwd_kernel<Approx::Tanh, T, BIAS, true>) : launch(fwd_kernel<Approx::Tanh, T, BIAS, false>);
     } else {
-      vec ? launch(fwd_kernel<Approx::None, T, BIAS, true>, packs_per_thread<T, Approx::None, true>())
-          : launch(fwd_kernel<Approx::None, T, BIAS, false>, 1);
+      vec ? launch(fwd_kernel<Approx::None, T, BIAS, true>) : launch(fwd_kernel<Approx::None, T, BIAS, false>);
     }
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -237,16 +205,14 @@ at::Tensor gelu_bwd_cuda(const at::Tensor &grad_in, const at::Tensor &x_in, int6
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "gelu_bwd_cuda", [&] {
     using T = scalar_t;
     const bool vec = aligned16(x.data_ptr()) && aligned16(g.data_ptr()) && aligned16(dx.data_ptr());
-    auto launch = [&](auto kernel, int packs) {
-      const int64_t tile = vec ? int64_t(THREADS) * Pack<T>::N * packs : THREADS;
-      kernel<<<grid_for(n, tile), THREADS, 0, stream>>>(g.data_ptr<T>(), x.data_ptr<T>(), dx.data_ptr<T>(), n);
+    const int64_t items = vec ? (n + Pack<T>::N - 1) / Pack<T>::N : n;
+    auto launch = [&](auto kernel) {
+      kernel<<<grid_for(items), THREADS, 0, stream>>>(g.data_ptr<T>(), x.data_ptr<T>(), dx.data_ptr<T>(), n);
     };
     if (approx) {
-      vec ? launch(bwd_kernel<Approx::Tanh, T, true>, packs_per_thread<T, Approx::Tanh, false>())
-          : launch(bwd_kernel<Approx::Tanh, T, false>, 1);
+      vec ? launch(bwd_kernel<Approx::Tanh, T, true>) : launch(bwd_kernel<Approx::Tanh, T, false>);
     } else {
-      vec ? launch(bwd_kernel<Approx::None, T, true>, packs_per_thread<T, Approx::None, false>())
-          : launch(bwd_kernel<Approx::None, T, false>, 1);
+      vec ? launch(bwd_kernel<Approx::None, T, true>) : launch(bwd_kernel<Approx::None, T, false>);
     }
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();

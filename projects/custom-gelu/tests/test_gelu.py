@@ -144,7 +144,7 @@ def test_errors_name_the_problem():
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("n", [1, 5, 4097, 3 * 8192 + 1234, 1 << 22])  # 8192: a bf16 block's tile
+@pytest.mark.parametrize("n", [1, 5, 4097, 3 * 8192 + 1234, 1 << 22])  # whole blocks and a ragged last one
 def test_cuda_matches_torch(dtype, mode, n):
     atol, rtol = TOL[dtype]
     for offset in (0, 1):  # offset 1: storage not 16-byte aligned, the scalar path
