@@ -60,6 +60,8 @@ def _variants(mode: str):
             "custom": lambda x, b, g: NS.gelu_fwd(x, m),
             "torch": lambda x, b, g: F.gelu(x, approximate=mode),
             "compiled": lambda x, b, g: compiled_fwd(x),
+            # the same traffic as the forward (read x, allocate and write y): the ceiling at this size
+            "copy": lambda x, b, g: x.clone(),
         },
         "backward": {
             "custom": lambda x, b, g: NS.gelu_bwd(g, x, m),
@@ -144,6 +146,7 @@ def _record(ctx: BenchContext, rows, sizes, errors, timing, gpu: bool) -> None:
             "custom": "this extension",
             "torch": "F.gelu / aten.gelu_backward (unfused add + GELU + sum for bias)",
             "compiled": "torch.compile (inductor) of the same torch code",
+            "copy": "x.clone(), forward only: a plain copy of the same size",
         },
         timing=timing,
         method="cuda-events" if gpu else "perf-counter",
@@ -159,6 +162,10 @@ def _record(ctx: BenchContext, rows, sizes, errors, timing, gpu: bool) -> None:
                         r for r in rec.rows if (r["op"], r["impl"], r["mode"], r["dtype"]) == (op, impl, "none", dname)
                     ]
                     series[f"{op} {impl}"] = ([r["n"] for r in pts], [r["GBps"] for r in pts])
+            pts = [
+                r for r in rec.rows if (r["op"], r["impl"], r["mode"], r["dtype"]) == ("forward", "copy", "none", dname)
+            ]
+            series["copy, same size"] = ([r["n"] for r in pts], [r["GBps"] for r in pts])
             ctx.figure(
                 line_chart(
                     series,
