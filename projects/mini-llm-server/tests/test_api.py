@@ -279,3 +279,19 @@ def test_closing_a_stopped_servers_engine_frees_its_kv_pool(parts):
     del engine, async_engine, server, thread
     gc.collect()
     assert pool() is None
+
+
+def test_a_stream_left_open_past_close_ends_quietly(parts):
+    # a server stopped with a stream still open: closing the generator afterwards must not try to abort
+    # through the shut-down worker
+    model, _ = parts
+    async_engine = AsyncEngine(LLMEngine(model, EngineConfig(num_blocks=16, block_size=8)))
+
+    async def go():
+        gen = async_engine.stream([1, 2, 3], SamplingParams(temperature=0.0, max_new_tokens=50))
+        await anext(gen)
+        async_engine.close()
+        await gen.aclose()
+
+    asyncio.run(go())
+    assert async_engine.engine.runner is None

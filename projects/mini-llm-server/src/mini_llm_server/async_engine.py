@@ -26,6 +26,7 @@ class AsyncEngine:
         self._loop_task: asyncio.Task | None = None
         self._added = 0  # bumped after each add: tells the driver its idle check may be stale
         self._arriving: list[int] = []  # prompt lengths of adds queued behind a step, not yet in the engine
+        self._closed = False
 
     async def call(self, fn: Callable, *args, **kwargs):
         """Run `fn(*args, **kwargs)` on the engine's thread, after any step in flight."""
@@ -35,7 +36,7 @@ class AsyncEngine:
         return self.engine.step() if self.engine.has_unfinished() else None
 
     async def _drive(self) -> None:
-        while True:
+        while not self._closed:
             seen = self._added
             outputs = await self.call(self._step_if_busy)
             if outputs is None:
@@ -55,6 +56,7 @@ class AsyncEngine:
         """After the server has stopped: end the engine's thread once its queued calls are done, then release
         the engine's device memory (FastAPI caches endpoint functions, and through them the engine, for the
         life of the process; a process that serves several engines in turn needs this)."""
+        self._closed = True
         self._worker.shutdown(wait=True)
         self.engine.close()
 
@@ -91,7 +93,7 @@ class AsyncEngine:
                 yield out
         finally:
             self._queues.pop(request_id, None)
-            if not finished:
+            if not finished and not self._closed:  # once closed, the engine is gone and so is the request
                 # queued behind any step in flight, so it lands before the next one; not awaited, since a
                 # generator being closed by the garbage collector cannot wait
                 self._worker.submit(self.engine.abort, request_id)
