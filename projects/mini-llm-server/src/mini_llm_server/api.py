@@ -32,6 +32,7 @@ from tinyllm.tokenizer import Tokenizer
 from mini_llm_server.async_engine import AsyncEngine
 from mini_llm_server.chat_template import render_chat
 from mini_llm_server.detokenizer import IncrementalDetokenizer
+from mini_llm_server.engine_process import EngineProcess
 
 DISCONNECT_CHECK_S = 0.05
 
@@ -101,7 +102,9 @@ class Metrics:
                              buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1))  # fmt: skip
 
 
-def create_app(engine: AsyncEngine, tokenizer: Tokenizer, config: ServiceConfig | None = None) -> FastAPI:
+def create_app(
+    engine: AsyncEngine | EngineProcess, tokenizer: Tokenizer, config: ServiceConfig | None = None
+) -> FastAPI:
     config = config or ServiceConfig()
 
     @asynccontextmanager
@@ -115,7 +118,6 @@ def create_app(engine: AsyncEngine, tokenizer: Tokenizer, config: ServiceConfig 
 
     app = FastAPI(title="mini-llm-server", lifespan=lifespan)
     metrics = Metrics()
-    eng = engine.engine
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError):
@@ -160,9 +162,9 @@ def create_app(engine: AsyncEngine, tokenizer: Tokenizer, config: ServiceConfig 
         if len(waiting) >= config.max_queue:
             busy = f"server overloaded: {config.max_queue} requests already waiting"
         elif waiting:  # requests already queue for memory: admit only what the free KV blocks hold
-            bs = eng.config.block_size
+            bs = engine.block_size
             demand = sum(-(-n // bs) for n in waiting) + -(-len(ids) // bs)
-            if demand > eng.blocks.num_free_blocks:
+            if demand > engine.num_free_blocks():
                 busy = f"server overloaded: the KV cache cannot hold the {len(waiting) + 1} waiting prompts"
         if busy:
             metrics.rejected.inc()

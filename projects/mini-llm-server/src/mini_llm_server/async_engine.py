@@ -66,6 +66,13 @@ class AsyncEngine:
         waiting = list(self.engine.scheduler.waiting)  # a snapshot: the engine's thread may be mid-step
         return [s.num_tokens for s in waiting] + self._arriving
 
+    @property
+    def block_size(self) -> int:
+        return self.engine.config.block_size
+
+    def num_free_blocks(self) -> int:
+        return self.engine.blocks.num_free_blocks
+
     async def metrics(self) -> dict:
         return await self.call(self.engine.metrics)
 

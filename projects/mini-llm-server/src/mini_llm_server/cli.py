@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 
 from tinyllm import registry
 from tinyllm.sampling import SamplingParams
@@ -25,7 +26,14 @@ def _serve(args: argparse.Namespace) -> int:
 
     service = ServiceConfig(model_name=args.model, max_queue=args.max_queue,
                             chat_template=load_chat_template(registry.resolve(args.model)))  # fmt: skip
-    app = create_app(AsyncEngine(LLMEngine(model)), tok, service)
+    if args.engine_process:  # the engine builds its own copy of the model in a process of its own
+        from mini_llm_server.engine_process import EngineProcess
+
+        del model
+        engine = EngineProcess(functools.partial(registry.load, args.model))
+    else:
+        engine = AsyncEngine(LLMEngine(model))
+    app = create_app(engine, tok, service)
     uvicorn.run(app, host=args.host, port=args.port)
     return 0
 
@@ -70,7 +78,7 @@ def _serving_bench(args: argparse.Namespace) -> int:
     device = torch.device("cuda")
     model, tok = gpu_model(device)
     cfg = ServingConfig()
-    rows = measure(model, tok, cfg)
+    rows = measure(model, tok, cfg, factory=functools.partial(gpu_model, device))  # built in the engine process
     print(f"wrote {write_serving_record(rows, cfg, 'tinyllama-1.1b-random (small tokenizer)', device)}")
     return 0
 
@@ -89,6 +97,11 @@ def main(argv: list[str] | None = None) -> int:
     v.add_argument("--host", default="127.0.0.1")
     v.add_argument("--port", type=int, default=8000)
     v.add_argument("--max-queue", type=int, default=64, help="waiting requests beyond which new ones get 429")
+    v.add_argument(
+        "--engine-process",
+        action="store_true",
+        help="run the engine in a process of its own (no interpreter lock shared with the HTTP side)",
+    )
     ld = sub.add_parser("load", help="drive a running server: closed-loop concurrency or open-loop Poisson rate")
     ld.add_argument("--url", default="http://127.0.0.1:8000")
     ld.add_argument("--model", default="tiny")

@@ -16,6 +16,7 @@ and the trained `small` preset's tokenizer and vocabulary; on a CPU whatever mod
 from __future__ import annotations
 
 import asyncio
+import functools
 import multiprocessing
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, replace
@@ -32,12 +33,14 @@ from mini_llm_server.api import ServiceConfig, create_app, serve_in_thread
 from mini_llm_server.async_engine import AsyncEngine
 from mini_llm_server.config import EngineConfig
 from mini_llm_server.engine import LLMEngine
+from mini_llm_server.engine_process import EngineProcess, ModelFactory, copy_of
 from mini_llm_server.load import LoadConfig, Result, run, summarize
 from mini_llm_server.load_record import service_context
 from mini_llm_server.model_runner import kv_bytes_per_block
 from mini_llm_server.report import ADMISSION_DIVISOR, TINYLLAMA, release_memory
 
-POLICIES = ("continuous", "static", "fifo")
+PROCESS_POLICY = "continuous, engine process"  # continuous batching with the engine in a process of its own
+POLICIES = ("continuous", PROCESS_POLICY, "static", "fifo")
 METHOD = "uvicorn on loopback (engine on its own thread), httpx streaming client in a second process"
 
 
@@ -60,9 +63,12 @@ def _drive(load: LoadConfig) -> tuple[list[Result], float]:
 
 
 def _point(model: Transformer, tok: Tokenizer, engine_config: EngineConfig, load: LoadConfig, max_queue: int,
-           client: ProcessPoolExecutor) -> dict:  # fmt: skip
-    engine = LLMEngine(model, engine_config)
-    async_engine = AsyncEngine(engine)
+           client: ProcessPoolExecutor, factory: ModelFactory | None = None) -> dict:  # fmt: skip
+    """One load against a fresh server; with `factory`, its engine runs in a process of its own."""
+    if factory is None:
+        async_engine = AsyncEngine(LLMEngine(model, engine_config))
+    else:
+        async_engine = EngineProcess(factory, engine_config)
     app = create_app(async_engine, tok, ServiceConfig(model_name="bench", max_queue=max_queue))
     server, thread, url = serve_in_thread(app)
     try:
@@ -71,7 +77,7 @@ def _point(model: Transformer, tok: Tokenizer, engine_config: EngineConfig, load
         failed = {f"{r.status}: {r.error}" for r in results if r.status != 429 and (r.status != 200 or r.error)}
         for what in sorted(failed):  # the record counts errors; the log says what they were
             print(f"  error: {what}", flush=True)
-        m = engine.metrics()
+        m = asyncio.run(async_engine.metrics())
     finally:
         server.should_exit = True
         thread.join(timeout=30)
@@ -82,28 +88,35 @@ def _point(model: Transformer, tok: Tokenizer, engine_config: EngineConfig, load
     summary["preemptions"] = m["preemptions"]
     busy = sum(m[f"{k}_seconds"] for k in ("schedule", "prepare", "forward", "sample"))
     summary["engine_step_ms"] = 1e3 * busy / max(m["steps"], 1)  # the engine alone, without HTTP
-    del engine, async_engine, app, server, thread
+    del async_engine, app, server, thread
     release_memory(model.lm_head.weight.device)
     return summary
 
 
-def measure(model: Transformer, tok: Tokenizer, cfg: ServingConfig) -> list[dict]:
+def measure(model: Transformer, tok: Tokenizer, cfg: ServingConfig, factory: ModelFactory | None = None) -> list[dict]:
+    """Every point; `factory` builds the same model in the engine process of the PROCESS_POLICY rows (by
+    default a pickled copy of `model`, fine for small ones)."""
+    factory = factory or functools.partial(copy_of, model, tok)
     with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as client:
-        return _measure(model, tok, cfg, client)
+        return _measure(model, tok, cfg, client, factory)
 
 
-def _measure(model: Transformer, tok: Tokenizer, cfg: ServingConfig, client: ProcessPoolExecutor) -> list[dict]:
+def _measure(model: Transformer, tok: Tokenizer, cfg: ServingConfig, client: ProcessPoolExecutor,
+             factory: ModelFactory) -> list[dict]:  # fmt: skip
     rows = []
     for policy in POLICIES:
         for c in cfg.concurrencies:
+            scheduling = "continuous" if policy == PROCESS_POLICY else policy
             seqs = 1 if policy == "fifo" else cfg.max_num_seqs
-            group = max(1, min(c, seqs) // ADMISSION_DIVISOR) if policy == "continuous" else 1
-            engine = EngineConfig(policy=policy, max_num_seqs=seqs, max_num_batched_tokens=2048, min_admission=group)
+            group = max(1, min(c, seqs) // ADMISSION_DIVISOR) if scheduling == "continuous" else 1
+            engine = EngineConfig(policy=scheduling, max_num_seqs=seqs, max_num_batched_tokens=2048,
+                                  min_admission=group)  # fmt: skip
             n = min(cfg.max_requests, max(cfg.min_requests, cfg.requests_per_client * c))
             load = LoadConfig(url="", model="bench", num_requests=n, concurrency=c, prompt_words=cfg.prompt_words,
                               output_tokens=cfg.output_tokens)  # fmt: skip
-            rows.append({"policy": policy, "load": f"closed, {c} clients", "concurrency": c,
-                         **_point(model, tok, engine, load, cfg.max_queue, client)})  # fmt: skip
+            point = _point(model, tok, engine, load, cfg.max_queue, client,
+                           factory if policy == PROCESS_POLICY else None)  # fmt: skip
+            rows.append({"policy": policy, "load": f"closed, {c} clients", "concurrency": c, **point})
             print(f"  {policy} c={c}: {rows[-1]['tokens_per_s']:.0f} tok/s, p95 ITL {rows[-1]['itl_p95_ms']} ms",
                   flush=True)  # fmt: skip
     top = max(cfg.concurrencies)

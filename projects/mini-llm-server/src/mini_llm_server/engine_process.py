@@ -1,0 +1,222 @@
+"""The engine in a process of its own, behind AsyncEngine's interface (vLLM's EngineCore split).
+
+In one process the HTTP side (parsing, tokenizing, writing a server-sent event per token) and the engine
+(scheduling, preparing inputs, sampling) take turns on one interpreter lock, so a step waits behind the
+streams' writes and the writes behind the step. Here the engine process builds the model from a picklable
+factory, and one duplex pipe carries commands to it (add, abort, metrics, close) and, back, each step's
+new tokens with a snapshot of the waiting queue and free blocks for admission control.
+
+Ids are the parent's: an add is acknowledged (or refused with the engine's ValueError) before that
+request's first output, since the pipe keeps order. Only new tokens cross the pipe; the parent keeps each
+request's output so far.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import multiprocessing
+import threading
+from collections.abc import AsyncIterator, Callable, Sequence
+
+from tinyllm.model import Transformer
+from tinyllm.sampling import SamplingParams
+from tinyllm.tokenizer import Tokenizer
+
+from mini_llm_server.config import EngineConfig
+from mini_llm_server.engine import LLMEngine, RequestOutput
+
+ModelFactory = Callable[[], tuple[Transformer, Tokenizer | None]]
+
+
+def copy_of(model: Transformer, tokenizer: Tokenizer | None) -> tuple[Transformer, Tokenizer | None]:
+    """A factory (with functools.partial) for a model this process already holds: it is pickled across, so
+    for small models (tests, CPU); a large one is better built by the engine process itself."""
+    return model, tokenizer
+
+
+def _queue_state(engine: LLMEngine) -> dict:
+    return {"waiting": [s.num_tokens for s in engine.scheduler.waiting], "free": engine.blocks.num_free_blocks}
+
+
+def _engine_main(conn, factory: ModelFactory, config: EngineConfig) -> None:
+    """The engine process: take every queued command, then step while there is work."""
+    model, tok = factory()
+    engine = LLMEngine(model, config)
+    engine_id: dict[int, int] = {}  # the parent's request id -> the engine's
+    parent_id: dict[int, int] = {}
+    conn.send(("ready", _queue_state(engine)))
+    while True:
+        wait = 0 if engine.has_unfinished() else None  # idle: block until a command comes
+        while conn.poll(wait):
+            msg, wait = conn.recv(), 0
+            if msg[0] == "add":
+                _, rid, prompt, params, priority, timeout, stop = msg
+                try:
+                    eid = engine.add_request(prompt, params, priority=priority, timeout=timeout, stop=stop,
+                                             detokenize=tok.decode if stop and tok is not None else None)  # fmt: skip
+                except ValueError as e:
+                    conn.send(("refused", rid, str(e)))
+                    continue
+                engine_id[rid], parent_id[eid] = eid, rid
+                conn.send(("added", rid, _queue_state(engine)))
+            elif msg[0] == "abort":
+                eid = engine_id.pop(msg[1], None)
+                if eid is not None:
+                    parent_id.pop(eid, None)
+                    engine.abort(eid)
+            elif msg[0] == "metrics":
+                conn.send(("metrics", msg[1], engine.metrics()))
+            elif msg[0] == "close":
+                engine.close()
+                conn.close()
+                return
+        if engine.has_unfinished():
+            batch = []
+            for out in engine.step():
+                rid = parent_id.get(out.request_id)
+                if rid is None:  # aborted by the parent while the step ran
+                    continue
+                if out.finished:
+                    del parent_id[out.request_id], engine_id[rid]
+                batch.append((rid, out.new_tokens, out.finished, out.finish_reason))
+            conn.send(("outputs", batch, _queue_state(engine)))
+
+
+class EngineProcess:
+    """AsyncEngine's interface (stream, metrics, waiting_lengths, block_size, num_free_blocks, close) over an
+    engine in a child process. Construct it outside a running event loop's hot path: it waits for the child
+    to build its model."""
+
+    def __init__(self, factory: ModelFactory, config: EngineConfig | None = None) -> None:
+        config = config or EngineConfig()
+        ctx = multiprocessing.get_context("spawn")  # a fresh interpreter: CUDA cannot be forked
+        self._conn, child = ctx.Pipe()
+        self._proc = ctx.Process(target=_engine_main, args=(child, factory, config), daemon=True)
+        self._proc.start()
+        child.close()
+        kind, self._state = self._conn.recv()  # EOFError here: the child died building its model
+        assert kind == "ready", kind
+        self.block_size = config.block_size
+        self._send_lock = threading.Lock()
+        self._ids = itertools.count()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._queues: dict[int, asyncio.Queue[RequestOutput]] = {}
+        self._outputs: dict[int, list[int]] = {}
+        self._replies: dict[int, asyncio.Future] = {}  # pending adds and metrics, by id
+        self._arriving: list[int] = []
+        self._closed = False
+        self._reader = threading.Thread(target=self._read, name="engine-pipe", daemon=True)
+        self._reader.start()
+
+    # -- the pipe ----------------------------------------------------------------------------------------
+
+    def _send(self, msg: tuple) -> None:
+        with self._send_lock:
+            self._conn.send(msg)
+
+    def _read(self) -> None:
+        while True:
+            try:
+                msg = self._conn.recv()
+            except (EOFError, OSError):
+                return
+            kind = msg[0]
+            if kind == "outputs":
+                self._state = msg[2]
+                if self._loop is not None:
+                    self._loop.call_soon_threadsafe(self._deliver, msg[1])
+                continue
+            if kind == "added":
+                self._state = msg[2]
+            future = self._replies.pop(msg[1], None)  # answered on the loop that asked
+            if future is not None:
+                future.get_loop().call_soon_threadsafe(self._answer, future, kind, msg[2])
+
+    @staticmethod
+    def _answer(future: asyncio.Future, kind: str, value) -> None:
+        if future.done():
+            return
+        if kind == "refused":
+            future.set_exception(ValueError(value))
+        else:
+            future.set_result(value)
+
+    def _deliver(self, batch: list) -> None:  # on the streams' event loop
+        for rid, new, finished, reason in batch:
+            so_far, queue = self._outputs.get(rid), self._queues.get(rid)
+            if so_far is None or queue is None:
+                continue
+            so_far.extend(new)
+            queue.put_nowait(RequestOutput(rid, new, list(so_far), finished, reason))
+
+    async def _ask(self, msg_for: Callable[[int], tuple]):
+        future = asyncio.get_running_loop().create_future()
+        rid = next(self._ids)
+        self._replies[rid] = future
+        self._send(msg_for(rid))
+        return rid, await future
+
+    # -- AsyncEngine's interface -------------------------------------------------------------------------
+
+    def waiting_lengths(self) -> list[int]:
+        """Token counts of the requests waiting in the engine (as of its last message) and on their way."""
+        return self._state["waiting"] + self._arriving
+
+    def num_free_blocks(self) -> int:
+        return self._state["free"]
+
+    async def metrics(self) -> dict:
+        return (await self._ask(lambda rid: ("metrics", rid)))[1]
+
+    async def stream(
+        self, prompt: Sequence[int], params: SamplingParams, *, priority: int = 0, timeout: float | None = None,
+        stop: Sequence[str] = (), detokenize: Callable[[list[int]], str] | None = None,
+    ) -> AsyncIterator[RequestOutput]:  # fmt: skip
+        """Outputs of one request as they are produced; the last one has finished=True. Stop strings are
+        matched with the engine process's own tokenizer (`detokenize` is not sent across)."""
+        self._loop = asyncio.get_running_loop()  # the loop the streams' outputs are delivered on
+        queue: asyncio.Queue[RequestOutput] = asyncio.Queue()
+        self._arriving.append(len(prompt))
+        rid = None
+
+        def add(i: int) -> tuple:
+            nonlocal rid
+            rid = i
+            self._queues[i], self._outputs[i] = queue, []  # before the add is sent: outputs may follow at once
+            return ("add", i, list(prompt), params, priority, timeout, tuple(stop))
+
+        try:
+            await self._ask(add)
+        except ValueError:
+            self._forget(rid)
+            raise
+        finally:
+            self._arriving.remove(len(prompt))
+        finished = False
+        try:
+            while not finished:
+                out = await queue.get()
+                finished = out.finished
+                yield out
+        finally:
+            self._forget(rid)
+            if not finished and not self._closed:
+                self._send(("abort", rid))
+
+    def _forget(self, rid: int | None) -> None:
+        self._queues.pop(rid, None)
+        self._outputs.pop(rid, None)
+
+    def close(self) -> None:
+        """Stop the engine process (its device memory goes with it)."""
+        if self._closed:
+            return
+        self._closed = True
+        with contextlib.suppress(BrokenPipeError, OSError):  # the child is already gone
+            self._send(("close",))
+        self._proc.join(timeout=60)
+        if self._proc.is_alive():
+            self._proc.kill()
+        self._conn.close()

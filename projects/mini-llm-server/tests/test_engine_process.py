@@ -1,0 +1,88 @@
+"""The service with its engine in a child process: same answers, same errors, disconnects still free blocks."""
+
+import asyncio
+import functools
+import re
+import time
+
+import pytest
+
+httpx = pytest.importorskip("httpx")
+openai = pytest.importorskip("openai")
+pytest.importorskip("uvicorn")
+pytest.importorskip("fastapi")
+
+import torch  # noqa: E402
+from mini_llm_server import EngineConfig, LLMEngine  # noqa: E402
+from mini_llm_server.api import ServiceConfig, create_app, serve_in_thread  # noqa: E402
+from mini_llm_server.engine_process import EngineProcess, copy_of  # noqa: E402
+from tinyllm.config import ModelConfig  # noqa: E402
+from tinyllm.model import Transformer  # noqa: E402
+from tinyllm.sampling import SamplingParams  # noqa: E402
+from tinyllm.tokenizer import Tokenizer  # noqa: E402
+
+TEXT = ["the quick brown fox jumps over the lazy dog", "hello world, hello model", "def main(): return 0"] * 20
+CONFIG = EngineConfig(num_blocks=128, block_size=8)
+
+
+def tiny_parts():
+    tok = Tokenizer.train(TEXT, vocab_size=300)
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=tok.vocab_size, dim=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=128,
+                      max_seq_len=256)  # fmt: skip
+    return Transformer(cfg).eval(), tok
+
+
+@pytest.fixture(scope="module")
+def served():
+    model, tok = tiny_parts()
+    engine = EngineProcess(functools.partial(copy_of, model, tok), CONFIG)
+    server, thread, url = serve_in_thread(create_app(engine, tok, ServiceConfig(model_name="p", max_queue=8)))
+    yield {"url": url, "engine": engine, "model": model, "tok": tok}
+    server.should_exit = True
+    thread.join(timeout=10)
+    engine.close()
+    assert not engine._proc.is_alive()
+
+
+def _kv_blocks_used(url: str) -> float:
+    text = httpx.get(url + "/metrics").text
+    return float(re.search(r"^mini_llm_kv_blocks_used (\S+)$", text, re.M).group(1))
+
+
+def test_same_greedy_text_as_the_engine_in_process(served):
+    tok = served["tok"]
+    ref = LLMEngine(served["model"], EngineConfig(num_blocks=64, block_size=8))
+    want = tok.decode(ref.generate([tok.encode("hello world")], SamplingParams(temperature=0.0, max_new_tokens=16))[0])
+    client = openai.OpenAI(base_url=served["url"] + "/v1", api_key="unused")
+    r = client.completions.create(model="p", prompt="hello world", max_tokens=16, temperature=0)
+    assert r.choices[0].text == want and r.usage.completion_tokens == 16
+    chunks = client.completions.create(model="p", prompt="hello world", max_tokens=16, temperature=0, stream=True)
+    assert "".join(c.choices[0].text for c in chunks) == want
+
+
+def test_engine_errors_come_back_as_400_naming_the_field(served):
+    r = httpx.post(
+        served["url"] + "/v1/completions", json={"model": "p", "prompt": list(range(5)) * 60, "max_tokens": 4}
+    )
+    assert r.status_code == 400 and r.json()["error"]["param"] == "prompt", r.text
+
+
+def _engine_metrics(served) -> dict:
+    return asyncio.run(served["engine"].metrics())  # from this thread's own loop, beside the server's
+
+
+def test_disconnect_mid_stream_aborts_in_the_child_and_frees_its_blocks(served):
+    before = _engine_metrics(served)["tokens_generated"]
+    with httpx.stream("POST", served["url"] + "/v1/completions",
+                      json={"model": "p", "prompt": "hello", "max_tokens": 240, "temperature": 0.8,
+                            "stream": True}) as r:  # fmt: skip
+        for i, _ in enumerate(r.iter_lines()):
+            if i == 3:
+                break
+    deadline = time.time() + 60
+    while _kv_blocks_used(served["url"]) and time.time() < deadline:
+        time.sleep(0.05)
+    m = _engine_metrics(served)
+    assert m["kv_blocks_used"] == 0 and m["running"] == 0
+    assert m["tokens_generated"] - before < 240  # aborted, not run to its end
