@@ -86,3 +86,25 @@ def test_disconnect_mid_stream_aborts_in_the_child_and_frees_its_blocks(served):
     m = _engine_metrics(served)
     assert m["kv_blocks_used"] == 0 and m["running"] == 0
     assert m["tokens_generated"] - before < 240  # aborted, not run to its end
+
+
+def test_an_engine_that_dies_ends_its_requests_instead_of_hanging():
+    model, tok = tiny_parts()
+    engine = EngineProcess(functools.partial(copy_of, model, tok), CONFIG)
+    server, thread, url = serve_in_thread(create_app(engine, tok, ServiceConfig(model_name="p")))
+    try:
+        with httpx.stream("POST", url + "/v1/completions", timeout=15,
+                          json={"model": "p", "prompt": "hello", "max_tokens": 240, "temperature": 0.8,
+                                "stream": True}) as r:  # fmt: skip
+            lines = r.iter_lines()
+            next(lines)
+            engine._proc.kill()
+            t0 = time.time()
+            with pytest.raises(httpx.HTTPError):  # the stream is cut...
+                for _ in lines:
+                    pass
+            assert time.time() - t0 < 5  # ...at once, not after the client's read timeout
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        engine.close()

@@ -121,6 +121,8 @@ class EngineProcess:
             try:
                 msg = self._conn.recv()
             except (EOFError, OSError):
+                if not self._closed and self._loop is not None:  # the engine died: end every request now
+                    self._loop.call_soon_threadsafe(self._fail_all)
                 return
             kind = msg[0]
             if kind == "outputs":
@@ -150,6 +152,14 @@ class EngineProcess:
                 continue
             so_far.extend(new)
             queue.put_nowait(RequestOutput(rid, new, list(so_far), finished, reason))
+
+    def _fail_all(self) -> None:  # on the streams' event loop
+        for rid, queue in self._queues.items():
+            queue.put_nowait(RequestOutput(rid, [], list(self._outputs.get(rid, [])), True, "engine-exited"))
+        for future in list(self._replies.values()):
+            if not future.done():
+                future.set_exception(RuntimeError("the engine process exited"))
+        self._replies.clear()
 
     async def _ask(self, msg_for: Callable[[int], tuple]):
         future = asyncio.get_running_loop().create_future()
