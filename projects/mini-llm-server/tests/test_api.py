@@ -16,21 +16,7 @@ from mini_llm_server import EngineConfig, LLMEngine  # noqa: E402
 from mini_llm_server.api import ServiceConfig, create_app, serve_in_thread  # noqa: E402
 from mini_llm_server.async_engine import AsyncEngine  # noqa: E402
 from mini_llm_server.chat_template import load_chat_template, render_chat  # noqa: E402
-from tinyllm.config import ModelConfig  # noqa: E402
-from tinyllm.model import Transformer  # noqa: E402
 from tinyllm.sampling import SamplingParams  # noqa: E402
-from tinyllm.tokenizer import Tokenizer  # noqa: E402
-
-TEXT = ["the quick brown fox jumps over the lazy dog", "hello world, hello model", "def main(): return 0"] * 20
-
-
-@pytest.fixture(scope="module")
-def parts():
-    tok = Tokenizer.train(TEXT, vocab_size=300)
-    torch.manual_seed(0)
-    cfg = ModelConfig(vocab_size=tok.vocab_size, dim=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=128,
-                      max_seq_len=1024)  # fmt: skip
-    return Transformer(cfg).eval(), tok
 
 
 @pytest.fixture(scope="module")

@@ -12,30 +12,17 @@ openai = pytest.importorskip("openai")
 pytest.importorskip("uvicorn")
 pytest.importorskip("fastapi")
 
-import torch  # noqa: E402
 from mini_llm_server import EngineConfig, LLMEngine  # noqa: E402
 from mini_llm_server.api import ServiceConfig, create_app, serve_in_thread  # noqa: E402
 from mini_llm_server.engine_process import EngineProcess, copy_of  # noqa: E402
-from tinyllm.config import ModelConfig  # noqa: E402
-from tinyllm.model import Transformer  # noqa: E402
 from tinyllm.sampling import SamplingParams  # noqa: E402
-from tinyllm.tokenizer import Tokenizer  # noqa: E402
 
-TEXT = ["the quick brown fox jumps over the lazy dog", "hello world, hello model", "def main(): return 0"] * 20
-CONFIG = EngineConfig(num_blocks=128, block_size=8)
-
-
-def tiny_parts():
-    tok = Tokenizer.train(TEXT, vocab_size=300)
-    torch.manual_seed(0)
-    cfg = ModelConfig(vocab_size=tok.vocab_size, dim=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=128,
-                      max_seq_len=256)  # fmt: skip
-    return Transformer(cfg).eval(), tok
+CONFIG = EngineConfig(num_blocks=256, block_size=8)
 
 
 @pytest.fixture(scope="module")
-def served():
-    model, tok = tiny_parts()
+def served(parts):
+    model, tok = parts
     engine = EngineProcess(functools.partial(copy_of, model, tok), CONFIG)
     server, thread, url = serve_in_thread(create_app(engine, tok, ServiceConfig(model_name="p", max_queue=8)))
     yield {"url": url, "engine": engine, "model": model, "tok": tok}
@@ -62,9 +49,8 @@ def test_same_greedy_text_as_the_engine_in_process(served):
 
 
 def test_engine_errors_come_back_as_400_naming_the_field(served):
-    r = httpx.post(
-        served["url"] + "/v1/completions", json={"model": "p", "prompt": list(range(5)) * 60, "max_tokens": 4}
-    )
+    body = {"model": "p", "prompt": list(range(5)) * 210, "max_tokens": 4}  # 1050 tokens: past the context
+    r = httpx.post(served["url"] + "/v1/completions", json=body)
     assert r.status_code == 400 and r.json()["error"]["param"] == "prompt", r.text
 
 
@@ -88,8 +74,8 @@ def test_disconnect_mid_stream_aborts_in_the_child_and_frees_its_blocks(served):
     assert m["tokens_generated"] - before < 240  # aborted, not run to its end
 
 
-def test_an_engine_that_dies_ends_its_requests_instead_of_hanging():
-    model, tok = tiny_parts()
+def test_an_engine_that_dies_ends_its_requests_instead_of_hanging(parts):
+    model, tok = parts
     engine = EngineProcess(functools.partial(copy_of, model, tok), CONFIG)
     server, thread, url = serve_in_thread(create_app(engine, tok, ServiceConfig(model_name="p")))
     try:
