@@ -41,7 +41,10 @@ from mini_llm_server.report import ADMISSION_DIVISOR, TINYLLAMA, release_memory
 
 PROCESS_POLICY = "continuous, engine process"  # continuous batching with the engine in a process of its own
 POLICIES = ("continuous", PROCESS_POLICY, "static", "fifo")
-METHOD = "uvicorn on loopback (engine on its own thread), httpx streaming client in a second process"
+METHOD = (
+    f"uvicorn on loopback (engine on its own thread; for {PROCESS_POLICY!r}, in its own process), "
+    "httpx streaming client in a further process"
+)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
