@@ -228,14 +228,16 @@ def test_short_overload_soak_loses_nothing_and_leaks_no_block(parts):
 
 
 def test_serving_bench_at_toy_scale_measures_every_policy(parts, tmp_path):
-    from mini_llm_server.serving import POLICIES, ServingConfig, measure, write_serving_record
+    from mini_llm_server.serving import POLICIES, PROCESS_POLICY, ServingConfig, measure, write_serving_record
     from mlsys_bench.record import read_record
 
     model, tok = parts
     cfg = ServingConfig(concurrencies=(1, 3), requests_per_client=2, min_requests=3, prompt_words=(2, 6),
-                        output_tokens=(3, 6), max_num_seqs=4, overload_seconds=1.0)  # fmt: skip
+                        output_tokens=(3, 6), max_num_seqs=4, overload_seconds=1.0, max_num_batched_tokens=16,
+                        step_token_sweep=(4,), sweep_concurrency=3)  # fmt: skip
     rows = measure(model, tok, cfg)
-    assert [(r["policy"], r["concurrency"]) for r in rows[:-1]] == [(p, c) for p in POLICIES for c in (1, 3)]
+    expected = [(p, c, 16) for p in POLICIES for c in (1, 3)] + [(PROCESS_POLICY, 3, 4)]
+    assert [(r["policy"], r["concurrency"], r["step_tokens"]) for r in rows[:-1]] == expected
     for r in rows[:-1]:  # closed loop under the queue bound: everything answered, in order of percentiles
         assert r["ok"] == r["requests"] and r["errors"] == 0 and r["rejected_429"] == 0, r
         assert r["ttft_p50_ms"] <= r["ttft_p99_ms"] and r["kv_MB_per_request"] > 0

@@ -277,6 +277,22 @@ def test_padded_decode_batches_write_only_the_scratch_block(model):
     assert engine.runner.decode_graphs.replays > 0
 
 
+def test_padded_mixed_steps_write_only_the_scratch_block(model):
+    """The mixed-step CUDA-graph path, run eagerly on the CPU: steps with prompt chunks (7 tokens a step, so
+    prompts are chunked and share steps with decodes) padded to 8 tokens, the tile table's unused programs
+    exiting, must give exactly the tokens of generating each request alone."""
+    from mini_llm_server.cuda_graphs import MixedGraphs, token_buckets
+
+    assert token_buckets(7) == [7] and token_buckets(2048) == [16, 32, 64, 128, 256, *range(384, 2049, 128)]
+    prompts = _prompts(6, seed=15)
+    config = EngineConfig(num_blocks=128, block_size=4, attention_backend="triton", max_num_seqs=4,
+                          max_num_batched_tokens=7)  # fmt: skip
+    engine = LLMEngine(model, config)
+    engine.runner.mixed_graphs = MixedGraphs(engine.runner, 8, 4)
+    assert engine.generate(prompts, GREEDY) == _alone(model, prompts)
+    assert engine.runner.mixed_graphs.replays > 0
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("cuda_graphs", [True, False], ids=["cuda-graphs", "eager"])
 def test_engine_on_gpu_with_the_paged_kernel_matches_one_at_a_time(model, cuda_graphs):
@@ -288,8 +304,9 @@ def test_engine_on_gpu_with_the_paged_kernel_matches_one_at_a_time(model, cuda_g
     assert engine.runner.paged_kernel  # "auto" picks the Triton kernel on CUDA
     assert engine.generate(prompts, GREEDY) == _alone(gpu_model, prompts)
     assert engine.metrics()["preemptions"] > 0 and engine.metrics()["kv_blocks_used"] == 0
-    graphs = engine.runner.decode_graphs
+    graphs, mixed = engine.runner.decode_graphs, engine.runner.mixed_graphs
     if cuda_graphs:
         assert graphs.graphs and graphs.replays > 0, "no decode step replayed a CUDA graph"
+        assert mixed.graphs and mixed.replays > 0, "no step with a prompt replayed a CUDA graph"
     else:
-        assert graphs is None
+        assert graphs is None and mixed is None

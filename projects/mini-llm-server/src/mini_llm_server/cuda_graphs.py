@@ -1,4 +1,5 @@
-"""Decode steps under CUDA graphs.
+"""Steps under CUDA graphs: decode-only steps (DecodeGraphs) and steps that carry prompt chunks
+(MixedGraphs).
 
 A decode step of a 1B-parameter model is a few hundred kernel launches of a few microseconds of work
 each; launched one by one from Python, the GPU waits on the host. DecodeGraphs captures the whole decode
@@ -9,6 +10,14 @@ static input buffers (two host-to-device copies), replay, read the logits.
 A batch of B sequences runs in the smallest captured size G >= B. The G - B padding rows write their K/V
 into the pool's scratch block and attend over that block alone, so they never touch a sequence's cache.
 Off a GPU the same padded forward runs eagerly, which is how the padding is tested on a CPU.
+
+A step that carries prompt chunks, launched eagerly, costs the host ~15 ms for the layers plus ~4 ms per
+prompt in it on the H100, for 3-4 ms of GPU work (profiled with 32 decodes and 4 prompts of 128 tokens):
+every admission stalled every stream. MixedGraphs captures the whole forward once per padded token
+count, with attention through the varlen kernel, whose inputs (where each sequence's tokens start, how
+many, its context length, its block table, the tile table) are data in static buffers; the grid is the
+most tiles a step of that many tokens can have, the unused programs exiting at once. Padding tokens
+write the scratch block and belong to no tile.
 """
 
 from __future__ import annotations
@@ -18,7 +27,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from mini_llm_server.paged_attention import paged_decode_attention
+from mini_llm_server.paged_attention import max_varlen_tiles, paged_decode_attention, paged_varlen_attention
 
 if TYPE_CHECKING:
     from mini_llm_server.model_runner import ModelRunner
@@ -28,6 +37,39 @@ if TYPE_CHECKING:
 def graph_batch_sizes(max_batch: int) -> list[int]:
     """The padded batch sizes captured: 1, 2, 4, 8, then every multiple of 16, and max_batch itself."""
     return sorted({s for s in (1, 2, 4, 8, *range(16, max_batch, 16)) if s < max_batch} | {max_batch})
+
+
+def token_buckets(max_tokens: int) -> list[int]:
+    """The padded token counts of mixed steps captured: powers of two from 16 to 256, then every multiple of
+    128, and max_tokens itself (padding adds at most half of a small step, a third of a large one; the
+    graphs share one memory pool, so more sizes cost capture time, not memory)."""
+    small = {16 * 2**i for i in range(5)}
+    return sorted({s for s in (*small, *range(384, max_tokens, 128)) if s < max_tokens} | {max_tokens})
+
+
+# excerpt: capture
+@torch.no_grad()
+def capture(device: torch.device, sizes: list[int], forward) -> tuple[dict, dict]:
+    """One CUDA graph of forward(size) per size, and each graph's output buffer. Warmed up on a side
+    stream first (compiles the Triton kernels, settles cuBLAS and the allocator); captured largest first,
+    so the smaller graphs reuse its memory pool."""
+    side = torch.cuda.Stream(device)
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for size in sizes:
+            forward(size)
+    torch.cuda.current_stream().wait_stream(side)
+    graphs, outputs, pool = {}, {}, None
+    for size in reversed(sizes):
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=pool):
+            outputs[size] = forward(size)
+        pool, graphs[size] = graph.pool(), graph
+    torch.cuda.synchronize(device)
+    return graphs, outputs
+
+
+# end-excerpt
 
 
 class DecodeGraphs:
@@ -45,7 +87,7 @@ class DecodeGraphs:
         self.logits: dict[int, torch.Tensor] = {}  # each graph's output buffer
         self.replays = 0
         if device.type == "cuda":
-            self._capture()
+            self.graphs, self.logits = capture(device, self.sizes, self._forward)
 
     def fits(self, batch: list[ScheduledSeq]) -> bool:
         """A decode-only step (one new token per sequence) small enough for a captured size."""
@@ -60,25 +102,6 @@ class DecodeGraphs:
             return paged_decode_attention(q, r.k_cache[layer], r.v_cache[layer], self.tables[:G], lens, scale)
 
         return r.model.lm_head(r.forward(tokens, positions, slots, attend))
-
-    # excerpt: capture
-    @torch.no_grad()
-    def _capture(self) -> None:
-        side = torch.cuda.Stream(self.runner.device)
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):  # compile the Triton kernel, settle cuBLAS and the allocator
-            for G in self.sizes:
-                self._forward(G)
-        torch.cuda.current_stream().wait_stream(side)
-        pool = None
-        for G in reversed(self.sizes):  # largest first: the smaller graphs reuse its memory
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=pool):
-                self.logits[G] = self._forward(G)
-            pool, self.graphs[G] = graph.pool(), graph
-        torch.cuda.synchronize(self.runner.device)
-
-    # end-excerpt
 
     @torch.no_grad()
     def run(self, batch: list[ScheduledSeq]) -> torch.Tensor:
@@ -100,3 +123,74 @@ class DecodeGraphs:
             self.graphs[G].replay()
             return self.logits[G][:B]
         return self._forward(G)[:B]
+
+
+class MixedGraphs:
+    def __init__(self, runner: ModelRunner, max_tokens: int, max_seqs: int) -> None:
+        self.runner, self.sizes, self.max_seqs = runner, token_buckets(max_tokens), max_seqs
+        N, device, i32 = self.sizes[-1], runner.device, torch.int32
+        self.scratch_slot = runner.scratch_block * runner.block_size
+        self.per_tile = runner.tokens_per_tile
+        # rows: tokens, positions, cache slots (one buffer, one copy per step)
+        self.meta = torch.tensor([[0], [0], [self.scratch_slot]], device=device).repeat(1, N)
+        # rows: first packed token, new tokens, context length, of each sequence
+        self.seq_meta = torch.zeros(3, min(max_seqs, N), dtype=i32, device=device)
+        self.tables = torch.full((min(max_seqs, N), runner.max_blocks_per_seq), runner.scratch_block, dtype=i32,
+                                 device=device)  # fmt: skip
+        self.tiles = torch.zeros(2, max_varlen_tiles(N, max_seqs, self.per_tile), dtype=i32, device=device)
+        self.ends = torch.zeros(min(max_seqs, N), dtype=torch.long, device=device)
+        self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
+        self.logits: dict[int, torch.Tensor] = {}
+        self.replays = 0
+        if device.type == "cuda":
+            self.graphs, self.logits = capture(device, self.sizes, self._forward)
+
+    def fits(self, batch: list[ScheduledSeq]) -> bool:
+        return len(batch) <= self.max_seqs and sum(it.num_tokens for it in batch) <= self.sizes[-1]
+
+    def _limits(self, N: int) -> tuple[int, int]:
+        """Sequences and tiles a step of N (padded) tokens can have."""
+        S = min(self.max_seqs, N)
+        return S, max_varlen_tiles(N, S, self.per_tile)
+
+    def _forward(self, N: int) -> torch.Tensor:
+        r = self.runner
+        S, T = self._limits(N)
+        tokens, positions, slots = self.meta[:, :N]
+        q_starts, q_lens, ctx_lens = self.seq_meta[:, :S]
+        scale = r.model.cfg.hd**-0.5
+
+        def attend(layer: int, q: torch.Tensor) -> torch.Tensor:
+            return paged_varlen_attention(q, r.k_cache[layer], r.v_cache[layer], self.tables[:S], q_starts, q_lens,
+                                          ctx_lens, self.tiles[0, :T], self.tiles[1, :T], scale)  # fmt: skip
+
+        return r.model.lm_head(r.forward(tokens, positions, slots, attend)[self.ends[:S]])
+
+    @torch.no_grad()
+    def run(self, batch: list[ScheduledSeq]) -> torch.Tensor:
+        """Logits (sampling sequences, vocab) of a step with prompt chunks; on a GPU a view of the graph's
+        output buffer, valid until the next step."""
+        from mini_llm_server.model_runner import step_inputs  # model_runner imports this module
+
+        t0 = time.perf_counter()
+        inputs = step_inputs(batch, self.runner.block_size, self.per_tile)
+        n = len(inputs.tokens)
+        N = next(s for s in self.sizes if s >= n)
+        S, T = self._limits(N)
+        pad = N - n  # padding tokens: write the scratch block, in no tile
+        self.meta[:, :N].copy_(torch.tensor([inputs.tokens + [0] * pad, inputs.positions + [0] * pad,
+                                             inputs.slots + [self.scratch_slot] * pad]))  # fmt: skip
+        B, width = len(batch), len(inputs.tables[0])
+        self.seq_meta[:, :B].copy_(torch.tensor([inputs.q_starts, inputs.q_lens, inputs.ctx_lens], dtype=torch.int32))
+        self.tables[:B, :width].copy_(torch.tensor(inputs.tables, dtype=torch.int32))
+        unused = T - len(inputs.tile_seqs)
+        self.tiles[:, :T].copy_(torch.tensor([inputs.tile_seqs + [-1] * unused, inputs.tile_firsts + [0] * unused],
+                                             dtype=torch.int32))  # fmt: skip
+        # every row of ends is read: stale rows from a larger step could point past this step's tokens
+        self.ends[:S].copy_(torch.tensor(inputs.ends + [0] * (S - len(inputs.ends))))
+        self.replays += 1
+        self.runner.prepare_seconds += time.perf_counter() - t0
+        if N in self.graphs:
+            self.graphs[N].replay()
+            return self.logits[N][: len(inputs.ends)]
+        return self._forward(N)[: len(inputs.ends)]

@@ -68,7 +68,8 @@ class LLMEngine:
         on_gpu = model.lm_head.weight.device.type == "cuda"
         paged = backend == "triton" or (backend == "auto" and on_gpu)
         graphs = config.max_num_seqs if config.cuda_graphs and paged and on_gpu else 0
-        self.runner = ModelRunner(model, num_blocks, config.block_size, paged_kernel=paged, decode_graph_batch=graphs)
+        self.runner = ModelRunner(model, num_blocks, config.block_size, paged_kernel=paged, decode_graph_batch=graphs,
+                                  mixed_graph_tokens=config.max_num_batched_tokens if graphs else 0)  # fmt: skip
         self.seqs: dict[int, Sequence] = {}
         self._ids = itertools.count()
         self._done_at_add: list[RequestOutput] = []

@@ -12,15 +12,16 @@ and use SDPA. A step of nothing but decode tokens replays a captured CUDA graph 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from tinyllm.model import Transformer, sdpa_attention
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from mini_llm_server.cuda_graphs import DecodeGraphs
+from mini_llm_server.cuda_graphs import DecodeGraphs, MixedGraphs
 from mini_llm_server.fused_ops import add_rmsnorm, rope_and_cache, silu_mul
-from mini_llm_server.paged_attention import paged_decode_attention
+from mini_llm_server.paged_attention import paged_varlen_attention, tokens_per_tile, varlen_tiles
 from mini_llm_server.scheduler import ScheduledSeq
 
 # cuDNN's SDPA builds an execution plan for every new shape, tens of milliseconds of host time, and every
@@ -49,9 +50,11 @@ class ModelRunner:
         block_size: int,
         paged_kernel: bool = False,
         decode_graph_batch: int = 0,
+        mixed_graph_tokens: int = 0,
     ) -> None:
         """decode_graph_batch > 0 (with the paged kernel): decode-only steps of up to that many sequences run
-        through DecodeGraphs, captured as CUDA graphs on a GPU, padded but eager elsewhere."""
+        through DecodeGraphs, captured as CUDA graphs on a GPU, padded but eager elsewhere; with
+        mixed_graph_tokens > 0 too, any other step of up to that many tokens runs through MixedGraphs."""
         self.model, self.block_size = model.eval(), block_size
         self.paged_kernel = paged_kernel
         cfg, p = model.cfg, model.lm_head.weight
@@ -65,7 +68,11 @@ class ModelRunner:
         self.qkv_weight = [torch.cat([lay.self_attn.q_proj.weight, lay.self_attn.k_proj.weight,
                                       lay.self_attn.v_proj.weight]) for lay in model.layers]  # fmt: skip
         self.gate_up_weight = [torch.cat([lay.mlp.gate_proj.weight, lay.mlp.up_proj.weight]) for lay in model.layers]
-        self.decode_graphs = DecodeGraphs(self, decode_graph_batch) if paged_kernel and decode_graph_batch else None
+        self.tokens_per_tile = tokens_per_tile(cfg.n_heads, cfg.n_kv_heads)
+        graphs = paged_kernel and decode_graph_batch > 0
+        self.decode_graphs = DecodeGraphs(self, decode_graph_batch) if graphs else None
+        mixed = graphs and mixed_graph_tokens > 0
+        self.mixed_graphs = MixedGraphs(self, mixed_graph_tokens, decode_graph_batch) if mixed else None
         self.prepare_seconds = 0.0  # host time building each step's inputs, summed (the engine's "prepare")
 
     def copy_blocks(self, copies: list[tuple[int, int]]) -> None:
@@ -83,19 +90,31 @@ class ModelRunner:
         step reaches its newest token, in batch order)."""
         if self.decode_graphs is not None and self.decode_graphs.fits(batch):
             return self.decode_graphs.run(batch)
+        if self.mixed_graphs is not None and self.mixed_graphs.fits(batch):
+            return self.mixed_graphs.run(batch)
         t0 = time.perf_counter()
-        tokens = self._to_device([t for it in batch for t in it.seq.token_slice(it.start, it.start + it.num_tokens)])
-        positions = self._to_device([p for it in batch for p in range(it.start, it.start + it.num_tokens)])
-        slots = self._to_device([s for it in batch for s in self._slots(it, it.start)])
-        ends = self._to_device(
-            [sum(b.num_tokens for b in batch[: j + 1]) - 1 for j, it in enumerate(batch) if it.samples]
-        )
-        decode = self._decode_inputs(batch)
-        # every prompt chunk's cache slots 0 .. start + num_tokens - 1, made once per step, not once per layer
-        history = {j: self._to_device(self._slots(it, 0)) for j, it in enumerate(batch) if j not in decode[0]}
+        inputs = step_inputs(batch, self.block_size, self.tokens_per_tile)
+        tokens, positions, slots, ends = (self._to_device(v) for v in (inputs.tokens, inputs.positions,
+                                                                       inputs.slots, inputs.ends))  # fmt: skip
+        if self.paged_kernel:
+            i32 = torch.int32
+            meta = [self._to_device(v, i32) for v in (inputs.q_starts, inputs.q_lens, inputs.ctx_lens)]
+            tables = self._to_device([b for t in inputs.tables for b in t], i32).view(len(batch), -1)
+            tiles = [self._to_device(v, i32) for v in (inputs.tile_seqs, inputs.tile_firsts)]
+            scale = self.model.cfg.hd**-0.5
+
+            def attend(i: int, q: torch.Tensor) -> torch.Tensor:
+                return paged_varlen_attention(q, self.k_cache[i], self.v_cache[i], tables, *meta, *tiles, scale)
+        else:
+            # every sequence's cache slots 0 .. start + num_tokens - 1, made once per step, not once per layer
+            history = [self._to_device(self._slots(it, 0)) for it in batch]
+
+            def attend(i: int, q: torch.Tensor) -> torch.Tensor:
+                return self._attention(i, q, batch, history)
+
         self.prepare_seconds += time.perf_counter() - t0
         with sdpa_kernel(PREFILL_BACKENDS):
-            h = self.forward(tokens, positions, slots, lambda i, q: self._attention(i, q, batch, decode, history))
+            h = self.forward(tokens, positions, slots, attend)
         return self.model.lm_head(h[ends])
 
     def forward(self, tokens: torch.Tensor, positions: torch.Tensor, slots: torch.Tensor, attend) -> torch.Tensor:
@@ -121,46 +140,62 @@ class ModelRunner:
 
     # end-excerpt
 
-    def _to_device(self, values: list[int]) -> torch.Tensor:
+    def _to_device(self, values: list[int], dtype: torch.dtype = torch.long) -> torch.Tensor:
         # non_blocking: a blocking host-to-device copy synchronises the stream, so the host would wait for
         # the GPU to drain before it could queue anything more
-        return torch.tensor(values, dtype=torch.long).to(self.device, non_blocking=True)
+        return torch.tensor(values, dtype=dtype).to(self.device, non_blocking=True)
 
     def _slots(self, item: ScheduledSeq, first: int) -> list[int]:
         """Cache slots of positions first .. start + num_tokens - 1 of a scheduled sequence."""
         bs, table = self.block_size, item.seq.block_table
         return [table[p // bs] * bs + p % bs for p in range(first, item.start + item.num_tokens)]
 
-    def _decode_inputs(self, batch: list[ScheduledSeq]):
-        """Batch indices, token rows, padded block tables and lengths of the one-token items, for the paged
-        kernel; no items when the kernel is off."""
-        rows, offset = [], 0
-        for j, it in enumerate(batch):
-            if it.num_tokens == 1 and self.paged_kernel:
-                rows.append((j, offset))
-            offset += it.num_tokens
-        if not rows:
-            return set(), None, None, None
-        tables = [batch[j].seq.block_table for j, _ in rows]
-        width = max(len(t) for t in tables)
-        padded = self._to_device([b for t in tables for b in t + [0] * (width - len(t))]).view(len(rows), width)
-        lens = self._to_device([batch[j].start + 1 for j, _ in rows])
-        return {j for j, _ in rows}, self._to_device([o for _, o in rows]), padded.int(), lens
-
-    def _attention(self, layer: int, q: torch.Tensor, batch: list[ScheduledSeq], decode, history) -> torch.Tensor:
-        """(N, H, D) attention output of every scheduled token, each sequence over its own cached positions."""
+    def _attention(self, layer: int, q: torch.Tensor, batch: list[ScheduledSeq], history) -> torch.Tensor:
+        """(N, H, D) attention output of every scheduled token, each sequence over its own cached positions,
+        gathered and given to SDPA (the path without the paged kernel)."""
         D, (K, scale) = q.shape[-1], (self.model.cfg.n_kv_heads, q.shape[-1] ** -0.5)
         out = torch.empty_like(q)
-        paged, rows, tables, lens = decode
-        if paged:
-            out[rows] = paged_decode_attention(q[rows], self.k_cache[layer], self.v_cache[layer], tables, lens, scale)
         offset = 0
-        for j, it in enumerate(batch):
-            if j not in paged:  # under sdpa_kernel(PREFILL_BACKENDS), set around the step
-                q_seq = q[offset : offset + it.num_tokens].transpose(0, 1)[None]  # (1, H, T, D)
-                k_seq = self.k_cache[layer].view(-1, K, D)[history[j]].transpose(0, 1)[None]  # (1, K, S, D)
-                v_seq = self.v_cache[layer].view(-1, K, D)[history[j]].transpose(0, 1)[None]
-                out[offset : offset + it.num_tokens] = sdpa_attention(q_seq, k_seq, v_seq, causal=True,
-                                                                      scale=scale)[0].transpose(0, 1)  # fmt: skip
+        for j, it in enumerate(batch):  # under sdpa_kernel(PREFILL_BACKENDS), set around the step
+            q_seq = q[offset : offset + it.num_tokens].transpose(0, 1)[None]  # (1, H, T, D)
+            k_seq = self.k_cache[layer].view(-1, K, D)[history[j]].transpose(0, 1)[None]  # (1, K, S, D)
+            v_seq = self.v_cache[layer].view(-1, K, D)[history[j]].transpose(0, 1)[None]
+            out[offset : offset + it.num_tokens] = sdpa_attention(q_seq, k_seq, v_seq, causal=True,
+                                                                  scale=scale)[0].transpose(0, 1)  # fmt: skip
             offset += it.num_tokens
         return out
+
+
+@dataclass(frozen=True, slots=True)
+class StepInputs:
+    """A step's inputs as host lists: per token (packed in batch order), per sequence, per varlen tile."""
+
+    tokens: list[int]
+    positions: list[int]
+    slots: list[int]  # each token's cache slot: block id * block_size + offset
+    ends: list[int]  # the packed row of each sampling sequence's newest token
+    q_starts: list[int]  # each sequence's first packed row
+    q_lens: list[int]  # its new tokens this step
+    ctx_lens: list[int]  # its positions with K/V once this step has written them
+    tables: list[list[int]]  # block tables, padded with their last entry to one width
+    tile_seqs: list[int]
+    tile_firsts: list[int]
+
+
+def step_inputs(batch: list[ScheduledSeq], block_size: int, per_tile: int) -> StepInputs:
+    tokens, positions, slots, ends, q_starts = [], [], [], [], []
+    for it in batch:
+        q_starts.append(len(tokens))
+        table = it.seq.block_table
+        tokens += it.seq.token_slice(it.start, it.start + it.num_tokens)
+        span = range(it.start, it.start + it.num_tokens)
+        positions += span
+        slots += [table[p // block_size] * block_size + p % block_size for p in span]
+        if it.samples:
+            ends.append(len(tokens) - 1)
+    q_lens = [it.num_tokens for it in batch]
+    width = max(len(it.seq.block_table) for it in batch)
+    tables = [it.seq.block_table + it.seq.block_table[-1:] * (width - len(it.seq.block_table)) for it in batch]
+    tile_seqs, tile_firsts = varlen_tiles(q_lens, per_tile)
+    return StepInputs(tokens, positions, slots, ends, q_starts, q_lens, [it.start + it.num_tokens for it in batch],
+                      tables, tile_seqs, tile_firsts)  # fmt: skip

@@ -7,7 +7,9 @@ streaming: TTFT, inter-token
 and end-to-end percentiles, requests/s, tokens/s, KV memory per active request. Then 2x overload:
 open-loop Poisson arrivals at twice the request rate continuous batching sustained at the highest
 concurrency, against a bounded queue, where the p99 TTFT of admitted requests must stay bounded and the
-excess be refused with 429s.
+excess be refused with 429s. And the step token budget (the chunked-prefill chunk) swept at one
+concurrency, engine in its own process: a small budget bounds how long a step that admits prompts
+stalls every stream's next token, a large one admits prompts in fewer steps.
 
 Model: on a GPU the TinyLlama-1.1B shape with random weights (latency and throughput only, never quality)
 and the trained `small` preset's tokenizer and vocabulary; on a CPU whatever model the caller passes.
@@ -52,13 +54,16 @@ class ServingConfig:
     concurrencies: tuple[int, ...] = (1, 8, 32, 128)
     requests_per_client: int = 4  # closed loop: each client sends this many, at least min_requests in all
     min_requests: int = 16
-    max_requests: int = 256  # FIFO serves one request at a time: 4 x 128 of them would take most of the run
+    max_requests: int = 192  # FIFO serves one request at a time: 4 x 128 of them would take most of the run
     prompt_words: tuple[int, int] = (16, 256)
     output_tokens: tuple[int, int] = (32, 256)
     max_num_seqs: int = 128  # the batch limit of continuous and static batching
     max_queue: int = 256  # closed-loop runs never exceed it; the overload run does
     overload_factor: float = 2.0
-    overload_seconds: float = 30.0
+    overload_seconds: float = 20.0
+    max_num_batched_tokens: int = 512  # the step token budget of every point but the sweep's
+    step_token_sweep: tuple[int, ...] = (256, 1024, 2048)  # further budgets, measured at sweep_concurrency
+    sweep_concurrency: int = 32
 
 
 def _drive(load: LoadConfig) -> tuple[list[Result], float]:
@@ -106,32 +111,34 @@ def measure(model: Transformer, tok: Tokenizer, cfg: ServingConfig, factory: Mod
 
 def _measure(model: Transformer, tok: Tokenizer, cfg: ServingConfig, client: ProcessPoolExecutor,
              factory: ModelFactory) -> list[dict]:  # fmt: skip
-    rows = []
-    for policy in POLICIES:
-        for c in cfg.concurrencies:
-            scheduling = "continuous" if policy == PROCESS_POLICY else policy
-            seqs = 1 if policy == "fifo" else cfg.max_num_seqs
-            group = max(1, min(c, seqs) // ADMISSION_DIVISOR) if scheduling == "continuous" else 1
-            engine = EngineConfig(policy=scheduling, max_num_seqs=seqs, max_num_batched_tokens=2048,
-                                  min_admission=group)  # fmt: skip
-            n = min(cfg.max_requests, max(cfg.min_requests, cfg.requests_per_client * c))
-            load = LoadConfig(url="", model="bench", num_requests=n, concurrency=c, prompt_words=cfg.prompt_words,
-                              output_tokens=cfg.output_tokens)  # fmt: skip
-            point = _point(model, tok, engine, load, cfg.max_queue, client,
-                           factory if policy == PROCESS_POLICY else None)  # fmt: skip
-            rows.append({"policy": policy, "load": f"closed, {c} clients", "concurrency": c, **point})
-            print(f"  {policy} c={c}: {rows[-1]['tokens_per_s']:.0f} tok/s, p95 ITL {rows[-1]['itl_p95_ms']} ms",
-                  flush=True)  # fmt: skip
+    def point(policy: str, c: int, step_tokens: int) -> dict:
+        scheduling = "continuous" if policy == PROCESS_POLICY else policy
+        seqs = 1 if policy == "fifo" else cfg.max_num_seqs
+        group = max(1, min(c, seqs) // ADMISSION_DIVISOR) if scheduling == "continuous" else 1
+        engine = EngineConfig(policy=scheduling, max_num_seqs=seqs, max_num_batched_tokens=step_tokens,
+                              min_admission=group)  # fmt: skip
+        n = min(cfg.max_requests, max(cfg.min_requests, cfg.requests_per_client * c))
+        load = LoadConfig(url="", model="bench", num_requests=n, concurrency=c, prompt_words=cfg.prompt_words,
+                          output_tokens=cfg.output_tokens)  # fmt: skip
+        row = _point(model, tok, engine, load, cfg.max_queue, client, factory if policy == PROCESS_POLICY else None)
+        print(f"  {policy} c={c} step tokens {step_tokens}: {row['tokens_per_s']:.0f} tok/s, "
+              f"p95 ITL {row['itl_p95_ms']:.1f} ms", flush=True)  # fmt: skip
+        return {"policy": policy, "load": f"closed, {c} clients", "concurrency": c, "step_tokens": step_tokens, **row}
+
+    rows = [point(policy, c, cfg.max_num_batched_tokens) for policy in POLICIES for c in cfg.concurrencies]
+    rows += [point(PROCESS_POLICY, cfg.sweep_concurrency, b) for b in cfg.step_token_sweep]
     top = max(cfg.concurrencies)
     sustained = next(r for r in rows if r["policy"] == "continuous" and r["concurrency"] == top)["requests_per_s"]
     rate = cfg.overload_factor * sustained
     group = max(1, cfg.max_num_seqs // ADMISSION_DIVISOR)
-    engine = EngineConfig(max_num_seqs=cfg.max_num_seqs, max_num_batched_tokens=2048, min_admission=group)
+    engine = EngineConfig(max_num_seqs=cfg.max_num_seqs, max_num_batched_tokens=cfg.max_num_batched_tokens,
+                          min_admission=group)  # fmt: skip
     load = LoadConfig(url="", model="bench", num_requests=max(cfg.min_requests, int(rate * cfg.overload_seconds)),
                       rate=rate, prompt_words=cfg.prompt_words, output_tokens=cfg.output_tokens)  # fmt: skip
     queue = cfg.max_num_seqs  # a queue as deep as one batch: past it, refuse rather than let TTFT grow
     rows.append({"policy": "continuous", "load": f"open, {cfg.overload_factor:g}x sustained rate ({rate:.1f}/s)",
-                 "concurrency": 0, **_point(model, tok, engine, load, queue, client)})  # fmt: skip
+                 "concurrency": 0, "step_tokens": cfg.max_num_batched_tokens,
+                 **_point(model, tok, engine, load, queue, client)})  # fmt: skip
     return rows
 
 
@@ -147,8 +154,10 @@ def gpu_model(device: torch.device) -> tuple[Transformer, Tokenizer]:
 def write_serving_record(rows: list[dict], cfg: ServingConfig, model_name: str, device: torch.device,
                          root: Path | None = None) -> Path:  # fmt: skip
     ctx = service_context(hardware_label(device), root)
-    keys = [k for k in rows[0] if k not in ("policy", "load", "concurrency")]
-    columns = [param("policy"), param("load"), param("concurrency", "closed-loop clients; 0: open loop")]
+    params = ("policy", "load", "concurrency", "step_tokens")
+    keys = [k for k in rows[0] if k not in params]
+    columns = [param("policy"), param("load"), param("concurrency", "closed-loop clients; 0: open loop"),
+               param("step_tokens", "tokens computed per step at most")]  # fmt: skip
     columns += [metric(k, "ms" if k.endswith("_ms") else "MB" if k.endswith("_MB_per_request") else "") for k in keys]
     ctx.record(benchmark="serving", columns=columns, rows=rows, config={**asdict(cfg), "model": model_name},
                timing=TimingConfig(warmup=0, repeats=1), method=METHOD,
