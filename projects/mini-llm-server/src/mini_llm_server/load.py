@@ -93,7 +93,10 @@ async def one_request(client: httpx.AsyncClient, body: dict) -> Result:
 async def run(cfg: LoadConfig) -> tuple[list[Result], float]:
     """Send every request; returns the results and the wall time."""
     work = bodies(cfg)
-    limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
+    # An idle pooled connection is dropped well before uvicorn's 5 s keep-alive timeout closes it: reusing
+    # one the server is closing fails with a ReadError that is the client's doing (the likely cause of the 4
+    # ReadErrors one serving run counted under overload).
+    limits = httpx.Limits(max_connections=None, max_keepalive_connections=None, keepalive_expiry=2.0)
     async with httpx.AsyncClient(base_url=cfg.url, timeout=cfg.timeout_s, limits=limits) as client:
         t0 = time.perf_counter()
         if cfg.concurrency is not None:
