@@ -35,6 +35,41 @@ VARLEN_ROWS = 64  # rows (new tokens x query heads of a group) per program of th
 
 
 @triton.jit
+def _attend_paged(
+    q, q_pos, end, TABLE, K, V, stride_kb, stride_ks, stride_vb, stride_vs, scale_log2,
+    ROWS: tl.constexpr, BLOCK_SIZE: tl.constexpr, HEAD_DIM: tl.constexpr, TILE: tl.constexpr, PRECISION: tl.constexpr,
+):  # fmt: skip
+    """Attention of q's rows (ROWS, HEAD_DIM) over one sequence's cached positions 0 .. end - 1 of one KV
+    head, row i seeing positions up to q_pos[i], streamed TILE positions at a time with the online softmax
+    (base 2). TABLE points at the sequence's block table, K and V at the KV head in the caches."""
+    offs_t = tl.arange(0, TILE)
+    offs_d = tl.arange(0, HEAD_DIM)
+    m = tl.full([ROWS], float("-inf"), dtype=tl.float32)
+    denom = tl.zeros([ROWS], dtype=tl.float32)
+    acc = tl.zeros([ROWS, HEAD_DIM], dtype=tl.float32)
+    for start in range(0, end, TILE):
+        pos = start + offs_t
+        valid = pos < end
+        # TILE positions may span several cache blocks: gather each row through its block's table entry
+        block = tl.load(TABLE + pos // BLOCK_SIZE, mask=valid, other=0).to(tl.int64)
+        row = pos % BLOCK_SIZE
+        k = tl.load(K + block[:, None] * stride_kb + row[:, None] * stride_ks + offs_d[None, :], mask=valid[:, None],
+                    other=0.0)  # fmt: skip
+        s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale_log2  # (ROWS, TILE), log2 units
+        # every row's q_pos >= 0 = the first tile's first position, so each row's max is finite from tile one
+        s = tl.where(valid[None, :] & (pos[None, :] <= q_pos[:, None]), s, float("-inf"))
+        m_new = tl.maximum(m, tl.max(s, 1))
+        p = tl.math.exp2(s - m_new[:, None])
+        alpha = tl.math.exp2(m - m_new)
+        denom = denom * alpha + tl.sum(p, 1)
+        v = tl.load(V + block[:, None] * stride_vb + row[:, None] * stride_vs + offs_d[None, :], mask=valid[:, None],
+                    other=0.0)  # fmt: skip
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
+        m = m_new
+    return acc / denom[:, None]
+
+
+@triton.jit
 def _paged_decode_kernel(
     Q, K_CACHE, V_CACHE, BLOCK_TABLES, SEQ_LENS, OUT,
     stride_qn, stride_qh, stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh, stride_bt,
@@ -45,33 +80,14 @@ def _paged_decode_kernel(
     n, hk = tl.program_id(0), tl.program_id(1)
     seq_len = tl.load(SEQ_LENS + n)
     offs_g = tl.arange(0, GROUP_PAD)
-    offs_t = tl.arange(0, TILE)
     offs_d = tl.arange(0, HEAD_DIM)
     heads = hk * GROUP + offs_g
     in_group = offs_g < GROUP
     q = tl.load(Q + n * stride_qn + heads[:, None] * stride_qh + offs_d[None, :], mask=in_group[:, None], other=0.0)
-    m = tl.full([GROUP_PAD], float("-inf"), dtype=tl.float32)
-    denom = tl.zeros([GROUP_PAD], dtype=tl.float32)
-    acc = tl.zeros([GROUP_PAD, HEAD_DIM], dtype=tl.float32)
-    for start in range(0, seq_len, TILE):
-        pos = start + offs_t
-        valid = pos < seq_len
-        # TILE positions may span several cache blocks: gather each row through its block's table entry
-        block = tl.load(BLOCK_TABLES + n * stride_bt + pos // BLOCK_SIZE, mask=valid, other=0).to(tl.int64)
-        row = pos % BLOCK_SIZE
-        k = tl.load(K_CACHE + block[:, None] * stride_kb + row[:, None] * stride_ks + hk * stride_kh + offs_d[None, :],
-                    mask=valid[:, None], other=0.0)  # fmt: skip
-        s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale_log2  # (GROUP_PAD, TILE), log2 units
-        s = tl.where(valid[None, :], s, float("-inf"))
-        m_new = tl.maximum(m, tl.max(s, 1))  # finite: the first tile always holds position 0
-        p = tl.math.exp2(s - m_new[:, None])
-        alpha = tl.math.exp2(m - m_new)
-        denom = denom * alpha + tl.sum(p, 1)
-        v = tl.load(V_CACHE + block[:, None] * stride_vb + row[:, None] * stride_vs + hk * stride_vh + offs_d[None, :],
-                    mask=valid[:, None], other=0.0)  # fmt: skip
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
-        m = m_new
-    out = acc / denom[:, None]
+    q_pos = tl.full([GROUP_PAD], 0, dtype=tl.int32) + seq_len - 1  # the new token sees every cached position
+    out = _attend_paged(q, q_pos, seq_len, BLOCK_TABLES + n * stride_bt, K_CACHE + hk * stride_kh,
+                        V_CACHE + hk * stride_vh, stride_kb, stride_ks, stride_vb, stride_vs, scale_log2,
+                        GROUP_PAD, BLOCK_SIZE, HEAD_DIM, TILE, PRECISION)  # fmt: skip
     tl.store(OUT + n * stride_on + heads[:, None] * stride_oh + offs_d[None, :], out.to(OUT.dtype.element_ty),
              mask=in_group[:, None])  # fmt: skip
 
@@ -139,7 +155,6 @@ def _paged_varlen_kernel(
     first = tl.load(TILE_FIRST + t)  # the tile's first token, counted within its sequence's new tokens
     q_start, q_len, ctx_len = tl.load(Q_STARTS + n), tl.load(Q_LENS + n), tl.load(CTX_LENS + n)
     offs_r = tl.arange(0, ROWS)
-    offs_t = tl.arange(0, TILE)
     offs_d = tl.arange(0, HEAD_DIM)
     token = first + offs_r // GROUP_PAD
     g = offs_r % GROUP_PAD
@@ -148,29 +163,10 @@ def _paged_varlen_kernel(
     q_pos = ctx_len - q_len + token  # each row's position in its sequence; it sees positions 0 .. q_pos
     q = tl.load(Q + (q_start + token)[:, None] * stride_qn + heads[:, None] * stride_qh + offs_d[None, :],
                 mask=live[:, None], other=0.0)  # fmt: skip
-    m = tl.full([ROWS], float("-inf"), dtype=tl.float32)
-    denom = tl.zeros([ROWS], dtype=tl.float32)
-    acc = tl.zeros([ROWS, HEAD_DIM], dtype=tl.float32)
     end = tl.minimum(ctx_len, ctx_len - q_len + first + ROWS // GROUP_PAD)  # past the tile's last position
-    for start in range(0, end, TILE):
-        pos = start + offs_t
-        valid = pos < end
-        block = tl.load(BLOCK_TABLES + n * stride_bt + pos // BLOCK_SIZE, mask=valid, other=0).to(tl.int64)
-        row = pos % BLOCK_SIZE
-        k = tl.load(K_CACHE + block[:, None] * stride_kb + row[:, None] * stride_ks + hk * stride_kh + offs_d[None, :],
-                    mask=valid[:, None], other=0.0)  # fmt: skip
-        s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale_log2  # (ROWS, TILE), log2 units
-        # every row's q_pos >= 0 = the first tile's first position, so each row's max is finite from tile one
-        s = tl.where(valid[None, :] & (pos[None, :] <= q_pos[:, None]), s, float("-inf"))
-        m_new = tl.maximum(m, tl.max(s, 1))
-        p = tl.math.exp2(s - m_new[:, None])
-        alpha = tl.math.exp2(m - m_new)
-        denom = denom * alpha + tl.sum(p, 1)
-        v = tl.load(V_CACHE + block[:, None] * stride_vb + row[:, None] * stride_vs + hk * stride_vh + offs_d[None, :],
-                    mask=valid[:, None], other=0.0)  # fmt: skip
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
-        m = m_new
-    out = acc / denom[:, None]
+    out = _attend_paged(q, q_pos, end, BLOCK_TABLES + n * stride_bt, K_CACHE + hk * stride_kh,
+                        V_CACHE + hk * stride_vh, stride_kb, stride_ks, stride_vb, stride_vs, scale_log2,
+                        ROWS, BLOCK_SIZE, HEAD_DIM, TILE, PRECISION)  # fmt: skip
     tl.store(OUT + (q_start + token)[:, None] * stride_on + heads[:, None] * stride_oh + offs_d[None, :],
              out.to(OUT.dtype.element_ty), mask=live[:, None])  # fmt: skip
 
