@@ -227,6 +227,18 @@ def test_short_overload_soak_loses_nothing_and_leaks_no_block(parts):
     assert s["running_at_end"] == s["waiting_at_end"] == s["kv_blocks_used_at_end"] == 0, s
 
 
+def test_a_load_splits_into_parts_that_add_up():
+    from mini_llm_server.load import LoadConfig, bodies, split
+
+    closed = split(LoadConfig(url="u", model="m", num_requests=10, concurrency=5), 3)
+    assert [(p.num_requests, p.concurrency) for p in closed] == [(4, 2), (3, 2), (3, 1)]
+    assert len({bodies(p)[0]["prompt"] for p in closed}) == 3  # no part repeats another's prompts
+    assert len(split(LoadConfig(url="u", model="m", num_requests=10, concurrency=2), 4)) == 2  # a client each
+    opened = split(LoadConfig(url="u", model="m", num_requests=9, rate=6.0), 2)
+    assert [(p.num_requests, p.rate, p.concurrency) for p in opened] == [(5, 3.0, None), (4, 3.0, None)]
+    assert split(LoadConfig(url="u", model="m", num_requests=9, rate=6.0), 1)[0].seed == 0
+
+
 def test_serving_bench_at_toy_scale_measures_every_policy(parts, tmp_path):
     from mini_llm_server.serving import POLICIES, PROCESS_POLICY, ServingConfig, measure, write_serving_record
     from mlsys_bench.record import read_record
@@ -234,7 +246,7 @@ def test_serving_bench_at_toy_scale_measures_every_policy(parts, tmp_path):
     model, tok = parts
     cfg = ServingConfig(concurrencies=(1, 3), requests_per_client=2, min_requests=3, prompt_words=(2, 6),
                         output_tokens=(3, 6), max_num_seqs=4, overload_seconds=1.0, max_num_batched_tokens=16,
-                        step_token_sweep=(4,), sweep_concurrency=3)  # fmt: skip
+                        step_token_sweep=(4,), sweep_concurrency=3, client_processes=2)  # fmt: skip
     rows = measure(model, tok, cfg)
     expected = [(p, c, 16) for p in POLICIES for c in (1, 3)] + [(PROCESS_POLICY, 3, 4)]
     assert [(r["policy"], r["concurrency"], r["step_tokens"]) for r in rows[:-1]] == expected

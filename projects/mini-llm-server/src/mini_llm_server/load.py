@@ -14,7 +14,7 @@ import json
 import random
 import statistics
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import httpx
 
@@ -90,6 +90,20 @@ async def one_request(client: httpx.AsyncClient, body: dict) -> Result:
     return res
 
 
+def split(cfg: LoadConfig, parts: int) -> list[LoadConfig]:
+    """The same load cut into `parts` loads for as many client processes (one Python process streaming
+    thousands of tokens a second falls behind, and its lag would be counted as the server's): requests,
+    clients or rate shared out as evenly as they go, a seed of its own for each part's prompts."""
+    parts = max(1, min(parts, cfg.num_requests, cfg.concurrency or parts))
+    out = []
+    for i in range(parts):
+        n = cfg.num_requests // parts + (i < cfg.num_requests % parts)
+        c = None if cfg.concurrency is None else cfg.concurrency // parts + (i < cfg.concurrency % parts)
+        rate = None if cfg.rate is None else cfg.rate / parts
+        out.append(replace(cfg, num_requests=n, concurrency=c, rate=rate, seed=cfg.seed + 1000 * i))
+    return out
+
+
 async def run(cfg: LoadConfig) -> tuple[list[Result], float]:
     """Send every request; returns the results and the wall time."""
     work = bodies(cfg)
@@ -110,10 +124,13 @@ async def run(cfg: LoadConfig) -> tuple[list[Result], float]:
             await asyncio.gather(*(worker() for _ in range(cfg.concurrency)))
         else:
             rng = random.Random(cfg.seed + 1)
-            tasks = []
+            tasks, due = [], t0
             for body in work:
                 tasks.append(asyncio.create_task(one_request(client, body)))
-                await asyncio.sleep(rng.expovariate(cfg.rate))
+                # arrivals on an absolute schedule: a busy event loop sends late ones at once, it does not
+                # push every later arrival back (relative sleeps would lower the rate under load)
+                due += rng.expovariate(cfg.rate)
+                await asyncio.sleep(max(0.0, due - time.perf_counter()))
             results = list(await asyncio.gather(*tasks))
         return results, time.perf_counter() - t0
 

@@ -36,7 +36,7 @@ from mini_llm_server.async_engine import AsyncEngine
 from mini_llm_server.config import EngineConfig
 from mini_llm_server.engine import LLMEngine
 from mini_llm_server.engine_process import EngineProcess, ModelFactory, copy_of
-from mini_llm_server.load import LoadConfig, Result, run, summarize
+from mini_llm_server.load import LoadConfig, Result, run, split, summarize
 from mini_llm_server.load_record import service_context
 from mini_llm_server.model_runner import kv_bytes_per_block
 from mini_llm_server.report import ADMISSION_DIVISOR, TINYLLAMA, release_memory
@@ -45,7 +45,7 @@ PROCESS_POLICY = "continuous, engine process"  # continuous batching with the en
 POLICIES = ("continuous", PROCESS_POLICY, "static", "fifo")
 METHOD = (
     f"uvicorn on loopback (engine on its own thread; for {PROCESS_POLICY!r}, in its own process), "
-    "httpx streaming client in a further process"
+    "httpx streaming clients in further processes (client_processes, each a share of the load)"
 )
 
 
@@ -65,6 +65,9 @@ class ServingConfig:
     max_queue: int = 256  # closed-loop runs never exceed it; the overload run does
     overload_factor: float = 2.0
     overload_seconds: float = 20.0
+    # the load comes from this many client processes (each a share of the clients, requests or rate): one
+    # process fell behind its open-loop schedule, and at 10k tokens/s its own parsing sets the pace
+    client_processes: int = 4
     max_num_batched_tokens: int = 512  # the step token budget of every point but the sweep's
     step_token_sweep: tuple[int, ...] = (256, 1024, 2048)  # further budgets, measured at sweep_concurrency
     sweep_concurrency: int = 32
@@ -74,9 +77,15 @@ def _drive(load: LoadConfig) -> tuple[list[Result], float]:
     return asyncio.run(run(load))
 
 
+def _ready() -> None:
+    """A client process's first task: importing this module (torch included) before any load is timed."""
+
+
 def _point(model: Transformer, tok: Tokenizer, engine_config: EngineConfig, load: LoadConfig, max_queue: int,
-           client: ProcessPoolExecutor, factory: ModelFactory | None = None) -> dict:  # fmt: skip
-    """One load against a fresh server; with `factory`, its engine runs in a process of its own."""
+           client: ProcessPoolExecutor, client_processes: int,
+           factory: ModelFactory | None = None) -> dict:  # fmt: skip
+    """One load against a fresh server, from `client_processes` processes of the `client` pool; with
+    `factory`, the server's engine runs in a process of its own."""
     if factory is None:
         async_engine = AsyncEngine(LLMEngine(model, engine_config))
     else:
@@ -84,7 +93,12 @@ def _point(model: Transformer, tok: Tokenizer, engine_config: EngineConfig, load
     app = create_app(async_engine, tok, ServiceConfig(model_name="bench", max_queue=max_queue))
     server, thread, url = serve_in_thread(app)
     try:
-        results, wall = client.submit(_drive, replace(load, url=url)).result()
+        parts = [client.submit(_drive, part) for part in split(replace(load, url=url), client_processes)]
+        results, wall = [], 0.0
+        for part in parts:
+            part_results, part_wall = part.result()
+            results += part_results
+            wall = max(wall, part_wall)  # the parts start together: the load ends with the last
         summary = summarize(results, wall)
         failed = {f"{r.status}: {r.error}" for r in results if r.status != 429 and (r.status != 200 or r.error)}
         for what in sorted(failed):  # the record counts errors; the log says what they were
@@ -109,7 +123,10 @@ def measure(model: Transformer, tok: Tokenizer, cfg: ServingConfig, factory: Mod
     """Every point; `factory` builds the same model in the engine process of the PROCESS_POLICY rows (by
     default a pickled copy of `model`, fine for small ones)."""
     factory = factory or functools.partial(copy_of, model, tok)
-    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as client:
+    with ProcessPoolExecutor(cfg.client_processes, mp_context=multiprocessing.get_context("spawn")) as client:
+        # every client process started and warm first, so a point's parts run side by side, one per process
+        for f in [client.submit(_ready) for _ in range(cfg.client_processes)]:
+            f.result()
         return _measure(model, tok, cfg, client, factory)
 
 
@@ -125,7 +142,8 @@ def _measure(model: Transformer, tok: Tokenizer, cfg: ServingConfig, client: Pro
         n = min(cap, max(cfg.min_requests, cfg.requests_per_client * c))
         load = LoadConfig(url="", model="bench", num_requests=n, concurrency=c, prompt_words=cfg.prompt_words,
                           output_tokens=cfg.output_tokens)  # fmt: skip
-        row = _point(model, tok, engine, load, cfg.max_queue, client, factory if policy == PROCESS_POLICY else None)
+        row = _point(model, tok, engine, load, cfg.max_queue, client, cfg.client_processes,
+                     factory if policy == PROCESS_POLICY else None)  # fmt: skip
         print(f"  {policy} c={c} step tokens {step_tokens}: {row['tokens_per_s']:.0f} tok/s, "
               f"p95 ITL {row['itl_p95_ms']:.1f} ms", flush=True)  # fmt: skip
         return {"policy": policy, "load": f"closed, {c} clients", "concurrency": c, "step_tokens": step_tokens, **row}
@@ -143,7 +161,7 @@ def _measure(model: Transformer, tok: Tokenizer, cfg: ServingConfig, client: Pro
     queue = cfg.max_num_seqs  # a queue as deep as one batch: past it, refuse rather than let TTFT grow
     rows.append({"policy": "continuous", "load": f"open, {cfg.overload_factor:g}x sustained rate ({rate:.1f}/s)",
                  "concurrency": 0, "step_tokens": cfg.max_num_batched_tokens,
-                 **_point(model, tok, engine, load, queue, client)})  # fmt: skip
+                 **_point(model, tok, engine, load, queue, client, cfg.client_processes)})  # fmt: skip
     return rows
 
 
