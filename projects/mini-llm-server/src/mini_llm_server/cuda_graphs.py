@@ -5,7 +5,8 @@ A decode step of a 1B-parameter model is a few hundred kernel launches of a few 
 each; launched one by one from Python, the GPU waits on the host. DecodeGraphs captures the whole decode
 forward (every layer, the paged attention kernel, the LM head) once per padded batch size, and a step
 becomes: copy this step's tokens, positions, cache slots, lengths and block tables into the graphs'
-static input buffers (two host-to-device copies), replay, read the logits.
+static input buffers (one host-to-device copy from a pinned mirror, StagedInputs), replay, read the
+logits.
 
 A batch of B sequences runs in the smallest captured size G >= B. The G - B padding rows write their K/V
 into the pool's scratch block and attend over that block alone, so they never touch a sequence's cache.
@@ -22,9 +23,11 @@ write the scratch block and belong to no tile.
 
 from __future__ import annotations
 
+import math
 import time
 from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 
 from mini_llm_server.paged_attention import max_varlen_tiles, paged_decode_attention, paged_varlen_attention
@@ -72,17 +75,54 @@ def capture(device: torch.device, sizes: list[int], forward) -> tuple[dict, dict
 # end-excerpt
 
 
+class StagedInputs:
+    """The static input buffers of a set of graphs, packed in one int64 device tensor with a host mirror
+    (pinned on a GPU): a step writes its inputs into the mirror through numpy views, with no torch call per
+    buffer, and moves them all with one asynchronous copy. The mirror keeps every value between steps, so
+    a step writes only what changed. Before the mirror is written again the last copy must be done (a
+    step that samples nothing does not wait for the GPU), hence the event."""
+
+    def __init__(self, shapes: dict[str, tuple[int, ...]], fill: dict[str, int], device: torch.device) -> None:
+        sizes = {name: math.prod(shape) for name, shape in shapes.items()}
+        pinned = device.type == "cuda"
+        self.device_buffer = torch.empty(sum(sizes.values()), dtype=torch.long, device=device)
+        self.host_buffer = torch.empty(sum(sizes.values()), dtype=torch.long, pin_memory=pinned)
+        self.on_device: dict[str, torch.Tensor] = {}
+        self.host: dict[str, np.ndarray] = {}
+        offset, flat = 0, self.host_buffer.numpy()
+        for name, shape in shapes.items():
+            self.on_device[name] = self.device_buffer[offset : offset + sizes[name]].view(shape)
+            self.host[name] = flat[offset : offset + sizes[name]].reshape(shape)
+            self.host[name][...] = fill.get(name, 0)
+            offset += sizes[name]
+        self.copied = torch.cuda.Event() if pinned else None
+        self.upload()
+
+    def writable(self) -> dict[str, np.ndarray]:
+        """The host views, once the last upload has left them."""
+        if self.copied is not None:
+            self.copied.synchronize()
+        return self.host
+
+    def upload(self) -> None:
+        self.device_buffer.copy_(self.host_buffer, non_blocking=True)
+        if self.copied is not None:
+            self.copied.record()
+
+
 class DecodeGraphs:
     def __init__(self, runner: ModelRunner, max_batch: int) -> None:
         self.runner, self.sizes = runner, graph_batch_sizes(max_batch)
         G, device = self.sizes[-1], runner.device
         self.scratch_slot = runner.scratch_block * runner.block_size
-        # rows: tokens, positions, cache slots, sequence lengths (one buffer, one copy per step)
-        self.meta = torch.tensor([[0], [0], [self.scratch_slot], [1]], device=device).repeat(1, G)
-        # Stale entries of earlier, larger batches stay behind in the tables: they are valid block ids, and a
-        # row reads only the first ceil(length / block_size) of its entries, so they are never used.
-        self.tables = torch.full((G, runner.max_blocks_per_seq), runner.scratch_block, dtype=torch.int32,
-                                 device=device)  # fmt: skip
+        # meta rows: tokens, positions, cache slots, sequence lengths. Stale entries of earlier, larger batches
+        # stay behind in the tables: they are valid block ids, and a row reads only the first
+        # ceil(length / block_size) of its entries, so they are never used.
+        self.inputs = StagedInputs({"meta": (4, G), "tables": (G, runner.max_blocks_per_seq)},
+                                   {"tables": runner.scratch_block}, device)  # fmt: skip
+        self.inputs.host["meta"][2:] = [[self.scratch_slot], [1]]  # padding rows: the scratch block
+        self.inputs.upload()
+        self.meta, self.tables = self.inputs.on_device["meta"], self.inputs.on_device["tables"]
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
         self.logits: dict[int, torch.Tensor] = {}  # each graph's output buffer
         self.replays = 0
@@ -115,8 +155,10 @@ class DecodeGraphs:
         cols += [(0, 0, self.scratch_slot, 1)] * (G - B)  # padding: write and read the scratch block only
         width = max(len(it.seq.block_table) for it in batch)
         tables = [it.seq.block_table + [scratch] * (width - len(it.seq.block_table)) for it in batch]
-        self.meta[:, :G].copy_(torch.tensor(cols).t())
-        self.tables[:B, :width].copy_(torch.tensor(tables, dtype=torch.int32))
+        host = self.inputs.writable()
+        host["meta"][:, :G] = np.array(cols).T
+        host["tables"][:B, :width] = tables
+        self.inputs.upload()
         self.replays += 1
         self.runner.prepare_seconds += time.perf_counter() - t0
         if G in self.graphs:
@@ -128,17 +170,15 @@ class DecodeGraphs:
 class MixedGraphs:
     def __init__(self, runner: ModelRunner, max_tokens: int, max_seqs: int) -> None:
         self.runner, self.sizes, self.max_seqs = runner, token_buckets(max_tokens), max_seqs
-        N, device, i32 = self.sizes[-1], runner.device, torch.int32
+        N, device, S = self.sizes[-1], runner.device, min(max_seqs, self.sizes[-1])
         self.scratch_slot = runner.scratch_block * runner.block_size
         self.per_tile = runner.tokens_per_tile
-        # rows: tokens, positions, cache slots (one buffer, one copy per step)
-        self.meta = torch.tensor([[0], [0], [self.scratch_slot]], device=device).repeat(1, N)
-        # rows: first packed token, new tokens, context length, of each sequence
-        self.seq_meta = torch.zeros(3, min(max_seqs, N), dtype=i32, device=device)
-        self.tables = torch.full((min(max_seqs, N), runner.max_blocks_per_seq), runner.scratch_block, dtype=i32,
-                                 device=device)  # fmt: skip
-        self.tiles = torch.zeros(2, max_varlen_tiles(N, max_seqs, self.per_tile), dtype=i32, device=device)
-        self.ends = torch.zeros(min(max_seqs, N), dtype=torch.long, device=device)
+        # meta rows: tokens, positions, cache slots; seq_meta rows: each sequence's first packed token, new
+        # tokens, context length; tiles rows: sequence, first token
+        shapes = {"meta": (3, N), "seq_meta": (3, S), "tables": (S, runner.max_blocks_per_seq),
+                  "tiles": (2, max_varlen_tiles(N, max_seqs, self.per_tile)), "ends": (S,)}  # fmt: skip
+        self.inputs = StagedInputs(shapes, {"tables": runner.scratch_block}, device)
+        self.meta, self.seq_meta, self.tables, self.tiles, self.ends = (self.inputs.on_device[k] for k in shapes)
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
         self.logits: dict[int, torch.Tensor] = {}
         self.replays = 0
@@ -177,17 +217,17 @@ class MixedGraphs:
         n = len(inputs.tokens)
         N = next(s for s in self.sizes if s >= n)
         S, T = self._limits(N)
-        pad = N - n  # padding tokens: write the scratch block, in no tile
-        self.meta[:, :N].copy_(torch.tensor([inputs.tokens + [0] * pad, inputs.positions + [0] * pad,
-                                             inputs.slots + [self.scratch_slot] * pad]))  # fmt: skip
-        B, width = len(batch), len(inputs.tables[0])
-        self.seq_meta[:, :B].copy_(torch.tensor([inputs.q_starts, inputs.q_lens, inputs.ctx_lens], dtype=torch.int32))
-        self.tables[:B, :width].copy_(torch.tensor(inputs.tables, dtype=torch.int32))
-        unused = T - len(inputs.tile_seqs)
-        self.tiles[:, :T].copy_(torch.tensor([inputs.tile_seqs + [-1] * unused, inputs.tile_firsts + [0] * unused],
-                                             dtype=torch.int32))  # fmt: skip
+        host, B, width, tiles = self.inputs.writable(), len(batch), len(inputs.tables[0]), len(inputs.tile_seqs)
+        host["meta"][:, :n] = [inputs.tokens, inputs.positions, inputs.slots]
+        host["meta"][:, n:N] = [[0], [0], [self.scratch_slot]]  # padding tokens: write the scratch block, in no tile
+        host["seq_meta"][:, :B] = [inputs.q_starts, inputs.q_lens, inputs.ctx_lens]
+        host["tables"][:B, :width] = inputs.tables
+        host["tiles"][:, :tiles] = [inputs.tile_seqs, inputs.tile_firsts]
+        host["tiles"][0, tiles:T] = -1
         # every row of ends is read: stale rows from a larger step could point past this step's tokens
-        self.ends[:S].copy_(torch.tensor(inputs.ends + [0] * (S - len(inputs.ends))))
+        host["ends"][: len(inputs.ends)] = inputs.ends
+        host["ends"][len(inputs.ends) : S] = 0
+        self.inputs.upload()
         self.replays += 1
         self.runner.prepare_seconds += time.perf_counter() - t0
         if N in self.graphs:
