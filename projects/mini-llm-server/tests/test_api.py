@@ -253,6 +253,7 @@ def test_serving_bench_at_toy_scale_measures_every_policy(parts, tmp_path):
     for r in rows[:-1]:  # closed loop under the queue bound: everything answered, in order of percentiles
         assert r["ok"] == r["requests"] and r["errors"] == 0 and r["rejected_429"] == 0, r
         assert r["ttft_p50_ms"] <= r["ttft_p99_ms"] and r["kv_MB_per_request"] > 0
+        assert r["mixed_step_ms"] > 0 and 0 < r["mixed_step_share"] <= 1 and r["decode_step_ms"] >= 0
     assert rows[-1]["load"].startswith("open") and rows[-1]["errors"] == 0
     path = write_serving_record(rows, cfg, "toy", torch.device("cpu"), root=tmp_path)
     assert len(read_record(path).rows) == len(rows)

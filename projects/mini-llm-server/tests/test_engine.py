@@ -66,6 +66,9 @@ def test_step_time_is_split_four_ways(model, backend):
     parts = {k: engine.metrics()[f"{k}_seconds"] for k in ("schedule", "prepare", "forward", "sample")}
     assert all(v > 0 for v in parts.values()), parts
     assert sum(parts.values()) <= wall
+    m = engine.metrics()
+    assert m["decode_steps"] > 0 and m["mixed_steps"] > 0 and m["decode_steps"] + m["mixed_steps"] == m["steps"]
+    assert 0 < m["decode_step_seconds"] + m["mixed_step_seconds"] <= wall
 
 
 def test_admission_waits_for_a_group_while_others_decode(model):

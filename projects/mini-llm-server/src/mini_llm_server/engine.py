@@ -74,6 +74,10 @@ class LLMEngine:
         self._ids = itertools.count()
         self._done_at_add: list[RequestOutput] = []
         self.step_seconds = {"schedule": 0.0, "prepare": 0.0, "forward": 0.0, "sample": 0.0}
+        # steps and their seconds by kind: "decode" (one new token per sequence), "mixed" (prompt chunks too);
+        # a stream waits for every step, so the mixed steps' share and length set its inter-token tail
+        self.steps_by_kind = {"decode": 0, "mixed": 0}
+        self.seconds_by_kind = {"decode": 0.0, "mixed": 0.0}
         self.num_steps = self.tokens_computed = self.tokens_generated = 0
         self.peak_blocks_used, self.kv_util_at_peak = 0, 0.0
 
@@ -179,6 +183,9 @@ class LLMEngine:
         times = (t1 - t0, prepare, t2 - t1 - prepare, t3 - t2)
         for key, dt in zip(("schedule", "prepare", "forward", "sample"), times, strict=True):
             self.step_seconds[key] += dt
+        kind = "decode" if all(item.num_tokens == 1 for item in schedule.seqs) else "mixed"
+        self.steps_by_kind[kind] += 1
+        self.seconds_by_kind[kind] += t3 - t0
         return outputs
 
     # end-excerpt
@@ -249,4 +256,6 @@ class LLMEngine:
             "kv_blocks_peak": self.peak_blocks_used,
             "kv_util_at_peak": self.kv_util_at_peak,  # > 1 when sequences share prefix blocks
             **{f"{k}_seconds": v for k, v in self.step_seconds.items()},
+            **{f"{k}_steps": v for k, v in self.steps_by_kind.items()},
+            **{f"{k}_step_seconds": v for k, v in self.seconds_by_kind.items()},
         }

@@ -114,6 +114,9 @@ def _point(model: Transformer, tok: Tokenizer, engine_config: EngineConfig, load
     summary["preemptions"] = m["preemptions"]
     busy = sum(m[f"{k}_seconds"] for k in ("schedule", "prepare", "forward", "sample"))
     summary["engine_step_ms"] = 1e3 * busy / max(m["steps"], 1)  # the engine alone, without HTTP
+    for kind in ("decode", "mixed"):  # how long each kind of step takes, and how many steps carry prompts
+        summary[f"{kind}_step_ms"] = 1e3 * m[f"{kind}_step_seconds"] / max(m[f"{kind}_steps"], 1)
+    summary["mixed_step_share"] = m["mixed_steps"] / max(m["steps"], 1)
     del async_engine, app, server, thread
     release_memory(model.lm_head.weight.device)
     return summary
