@@ -1,9 +1,9 @@
 """`mini-llm-server serving-bench`: the serving report's measurements, in one run.
 
 For each policy (continuous batching, static batching, FIFO) a fresh in-process server on loopback is
-driven by the closed-loop load generator, in a process of its own as a real client would be (in the
-server's process its parsing would compete for the interpreter lock), at each concurrency, every request
-streaming: TTFT, inter-token
+driven by the closed-loop load generator, split over several client processes of their own as real
+clients would be (in the server's process their parsing would compete for the interpreter lock; in one
+process of their own they fell behind), at each concurrency, every request streaming: TTFT, inter-token
 and end-to-end percentiles, requests/s, tokens/s, KV memory per active request. Then 2x overload:
 open-loop Poisson arrivals at twice the request rate continuous batching sustained at the highest
 concurrency, against a bounded queue, where the p99 TTFT of admitted requests must stay bounded and the
