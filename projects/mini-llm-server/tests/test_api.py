@@ -170,6 +170,23 @@ def test_load_generator_reports_latencies_and_writes_a_record(stack, tmp_path, m
     assert rec.rows[0]["ok"] == summary["ok"] and rec.benchmark.startswith("load-")
 
 
+def test_a_split_load_runs_in_client_processes(stack):
+    from mini_llm_server.load import LoadConfig, client_pool, run_split, summarize
+
+    cfg = LoadConfig(url=stack["url"], model="test", num_requests=6, concurrency=2, output_tokens=(4, 8))
+    with client_pool(2) as pool:
+        summary = summarize(*run_split(cfg, pool, 2))
+    assert summary["requests"] == 6 and summary["errors"] == 0, summary
+    assert summary["ok"] + summary["rejected_429"] == 6 and summary["ok"] > 0
+
+
+def test_load_command_needs_a_client_process():
+    from mini_llm_server.cli import main
+
+    with pytest.raises(SystemExit, match="--processes must be >= 1"):
+        main(["load", "--concurrency", "1", "--processes", "0"])
+
+
 def test_load_config_needs_exactly_one_mode():
     from mini_llm_server.load import LoadConfig
 

@@ -41,12 +41,18 @@ def _serve(args: argparse.Namespace) -> int:
 def _load(args: argparse.Namespace) -> int:
     import asyncio
 
-    from mini_llm_server.load import LoadConfig, run, summarize
+    from mini_llm_server.load import LoadConfig, client_pool, run, run_split, summarize
     from mini_llm_server.load_record import write_load_record
 
+    if args.processes < 1:
+        raise SystemExit(f"--processes must be >= 1, got {args.processes}")
     cfg = LoadConfig(url=args.url, model=args.model, num_requests=args.requests, concurrency=args.concurrency,
                      rate=args.rate, output_tokens=tuple(args.output_tokens))  # fmt: skip
-    summary = summarize(*asyncio.run(run(cfg)))
+    if args.processes == 1:
+        summary = summarize(*asyncio.run(run(cfg)))
+    else:
+        with client_pool(args.processes) as pool:
+            summary = summarize(*run_split(cfg, pool, args.processes))
     for key, value in summary.items():
         print(f"{key:>16}: {value if value is None or isinstance(value, int) else f'{value:.3f}'}")
     print(f"wrote {write_load_record(cfg, summary, args.hardware)}")
@@ -110,6 +116,12 @@ def main(argv: list[str] | None = None) -> int:
     mode.add_argument("--rate", type=float, help="open loop: Poisson arrivals, requests per second")
     ld.add_argument("--requests", type=int, default=64)
     ld.add_argument("--output-tokens", type=int, nargs=2, default=(16, 128), metavar=("MIN", "MAX"))
+    ld.add_argument(
+        "--processes",
+        type=int,
+        default=1,
+        help="client processes sharing the load (one Python process falls behind at thousands of tokens/s)",
+    )
     ld.add_argument("--hardware", help="the server's hardware label for the record (default: this machine's)")
     sk = sub.add_parser("soak", help="overload a fresh in-process server for a while; check nothing is lost or leaked")
     sk.add_argument("--model", default="tiny", help="a shared-model preset name or a checkpoint directory")

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import multiprocessing
 import random
 import statistics
 import time
+from concurrent.futures import Executor, ProcessPoolExecutor
 from dataclasses import dataclass, field, replace
 
 import httpx
@@ -133,6 +135,35 @@ async def run(cfg: LoadConfig) -> tuple[list[Result], float]:
                 await asyncio.sleep(max(0.0, due - time.perf_counter()))
             results = list(await asyncio.gather(*tasks))
         return results, time.perf_counter() - t0
+
+
+def drive(cfg: LoadConfig) -> tuple[list[Result], float]:
+    """run() in a process of its own (a client process's task)."""
+    return asyncio.run(run(cfg))
+
+
+def ready() -> None:
+    """A client process's first task, so its start-up (interpreter, imports) is over before a load is timed."""
+
+
+def client_pool(processes: int) -> ProcessPoolExecutor:
+    """`processes` client processes, started and warm."""
+    pool = ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn"))
+    for f in [pool.submit(ready) for _ in range(processes)]:
+        f.result()
+    return pool
+
+
+def run_split(cfg: LoadConfig, pool: Executor, processes: int) -> tuple[list[Result], float]:
+    """The load cut into `processes` parts (split), each driven in a process of `pool` at the same time; the
+    results of all, and the wall time of the longest (the parts start together)."""
+    futures = [pool.submit(drive, part) for part in split(cfg, processes)]
+    results, wall = [], 0.0
+    for f in futures:
+        part_results, part_wall = f.result()
+        results += part_results
+        wall = max(wall, part_wall)
+    return results, wall
 
 
 def _pct(values: list[float], q: float) -> float | None:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import multiprocessing
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -36,7 +35,7 @@ from mini_llm_server.async_engine import AsyncEngine
 from mini_llm_server.config import EngineConfig
 from mini_llm_server.engine import LLMEngine
 from mini_llm_server.engine_process import EngineProcess, ModelFactory, copy_of
-from mini_llm_server.load import LoadConfig, Result, run, split, summarize
+from mini_llm_server.load import LoadConfig, client_pool, run_split, summarize
 from mini_llm_server.load_record import service_context
 from mini_llm_server.model_runner import kv_bytes_per_block
 from mini_llm_server.report import ADMISSION_DIVISOR, TINYLLAMA, release_memory
@@ -73,14 +72,6 @@ class ServingConfig:
     sweep_concurrency: int = 32
 
 
-def _drive(load: LoadConfig) -> tuple[list[Result], float]:
-    return asyncio.run(run(load))
-
-
-def _ready() -> None:
-    """A client process's first task: importing this module (torch included) before any load is timed."""
-
-
 def _point(model: Transformer, tok: Tokenizer, engine_config: EngineConfig, load: LoadConfig, max_queue: int,
            client: ProcessPoolExecutor, client_processes: int,
            factory: ModelFactory | None = None) -> dict:  # fmt: skip
@@ -93,12 +84,7 @@ def _point(model: Transformer, tok: Tokenizer, engine_config: EngineConfig, load
     app = create_app(async_engine, tok, ServiceConfig(model_name="bench", max_queue=max_queue))
     server, thread, url = serve_in_thread(app)
     try:
-        parts = [client.submit(_drive, part) for part in split(replace(load, url=url), client_processes)]
-        results, wall = [], 0.0
-        for part in parts:
-            part_results, part_wall = part.result()
-            results += part_results
-            wall = max(wall, part_wall)  # the parts start together: the load ends with the last
+        results, wall = run_split(replace(load, url=url), client, client_processes)
         summary = summarize(results, wall)
         failed = {f"{r.status}: {r.error}" for r in results if r.status != 429 and (r.status != 200 or r.error)}
         for what in sorted(failed):  # the record counts errors; the log says what they were
@@ -126,10 +112,7 @@ def measure(model: Transformer, tok: Tokenizer, cfg: ServingConfig, factory: Mod
     """Every point; `factory` builds the same model in the engine process of the PROCESS_POLICY rows (by
     default a pickled copy of `model`, fine for small ones)."""
     factory = factory or functools.partial(copy_of, model, tok)
-    with ProcessPoolExecutor(cfg.client_processes, mp_context=multiprocessing.get_context("spawn")) as client:
-        # every client process started and warm first, so a point's parts run side by side, one per process
-        for f in [client.submit(_ready) for _ in range(cfg.client_processes)]:
-            f.result()
+    with client_pool(cfg.client_processes) as client:  # warm first, so a point's parts run side by side
         return _measure(model, tok, cfg, client, factory)
 
 
