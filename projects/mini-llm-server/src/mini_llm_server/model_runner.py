@@ -4,9 +4,10 @@ One step is one forward over every scheduled token, packed into a single (N, C) 
 prompt chunks and decode tokens it holds: the projections and the MLP see one big matrix, and only
 attention looks at sequences one by one, reading each one's K/V through its block table. The KV pool is
 two tensors per model, (layers, blocks + 1, block_size, kv_heads, head_dim), allocated once; the extra
-block is scratch that padding rows of a CUDA-graph batch write into. Sequences decoding one token go
-through the paged Triton kernel in one launch per layer (when enabled); prompt chunks gather their blocks
-and use SDPA. A step of nothing but decode tokens replays a captured CUDA graph (cuda_graphs.py).
+block is scratch that padding rows of a CUDA-graph batch write into. With the paged kernels (on a GPU),
+every token of a step attends in one varlen launch per layer, and steps replay captured CUDA graphs:
+decode-only steps one kind, steps with prompt chunks another (cuda_graphs.py). Without them (the CPU
+default) each sequence's blocks are gathered and given to SDPA.
 """
 
 from __future__ import annotations
