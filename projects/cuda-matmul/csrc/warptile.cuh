@@ -25,28 +25,45 @@ struct WarpTile {
     }
   };
 
-  // acc += As^T[k] (x) Bs[k] over one BK slice; As is k-major (transposed), both in shared memory.
-  static __device__ __forceinline__ void mma_tile(const float (*As)[BM], const float (*Bs)[BN], const Thread &t,
+  struct Fragments {
+    float m[WMITER * TM], n[WNITER * TN];  // a thread's A column and B row pieces at one k
+  };
+
+  // Row k of the transposed A tile (rows LDA floats apart: BM plus any padding) and of the B tile, as this
+  // thread's fragments, in 16-byte loads.
+  template <int LDA>
+  static __device__ __forceinline__ void load_fragments(const float (*As)[LDA], const float (*Bs)[BN], int k,
+                                                        const Thread &t, Fragments &f) {
+#pragma unroll
+    for (int wm = 0; wm < WMITER; ++wm)
+#pragma unroll
+      for (int i = 0; i < TM; i += 4)
+        *reinterpret_cast<float4 *>(&f.m[wm * TM + i]) =
+            *reinterpret_cast<const float4 *>(&As[k][t.warp_row * WM + wm * WSUBM + t.t_row * TM + i]);
+#pragma unroll
+    for (int wn = 0; wn < WNITER; ++wn)
+#pragma unroll
+      for (int j = 0; j < TN; j += 4)
+        *reinterpret_cast<float4 *>(&f.n[wn * TN + j]) =
+            *reinterpret_cast<const float4 *>(&Bs[k][t.warp_col * WN + wn * WSUBN + t.t_col * TN + j]);
+  }
+
+  static __device__ __forceinline__ void outer_product(const Fragments &f, float (&acc)[ACC]) {
+#pragma unroll
+    for (int i = 0; i < WMITER * TM; ++i)
+#pragma unroll
+      for (int j = 0; j < WNITER * TN; ++j) acc[i * WNITER * TN + j] += f.m[i] * f.n[j];
+  }
+
+  // acc += As^T[k] (x) Bs[k] over one BK slice, both in shared memory.
+  template <int LDA>
+  static __device__ __forceinline__ void mma_tile(const float (*As)[LDA], const float (*Bs)[BN], const Thread &t,
                                                   float (&acc)[ACC]) {
-    float regM[WMITER * TM], regN[WNITER * TN];
+    Fragments f;
 #pragma unroll
     for (int k = 0; k < BK; ++k) {
-#pragma unroll
-      for (int wm = 0; wm < WMITER; ++wm)
-#pragma unroll
-        for (int i = 0; i < TM; i += 4)
-          *reinterpret_cast<float4 *>(&regM[wm * TM + i]) =
-              *reinterpret_cast<const float4 *>(&As[k][t.warp_row * WM + wm * WSUBM + t.t_row * TM + i]);
-#pragma unroll
-      for (int wn = 0; wn < WNITER; ++wn)
-#pragma unroll
-        for (int j = 0; j < TN; j += 4)
-          *reinterpret_cast<float4 *>(&regN[wn * TN + j]) =
-              *reinterpret_cast<const float4 *>(&Bs[k][t.warp_col * WN + wn * WSUBN + t.t_col * TN + j]);
-#pragma unroll
-      for (int i = 0; i < WMITER * TM; ++i)
-#pragma unroll
-        for (int j = 0; j < WNITER * TN; ++j) acc[i * WNITER * TN + j] += regM[i] * regN[j];
+      load_fragments(As, Bs, k, t, f);
+      outer_product(f, acc);
     }
   }
 

@@ -8,7 +8,7 @@ from cuda_matmul.report import check
 
 pytestmark = pytest.mark.gpu
 SHAPES = [(1, 1, 1), (7, 3, 5), (127, 129, 131), (128, 128, 128), (256, 64, 1024), (1000, 1000, 8), (333, 4100, 97),
-          (2048, 2048, 2048), (4096, 8, 4096), (17, 4096, 33)]  # fmt: skip
+          (2048, 2048, 2048), (4096, 8, 4096), (17, 4096, 33), (200, 260, 1000)]  # fmt: skip
 
 
 @pytest.mark.parametrize("rung", RUNGS, ids=lambda r: r.label)
