@@ -1,5 +1,6 @@
 """What the compiler and the profiler say about each rung: ptxas resource usage and an Nsight Compute
-summary (achieved occupancy, DRAM bytes and throughput, SM throughput) at one size.
+summary (achieved occupancy, DRAM bytes and throughput, SM throughput, issue-slot use, shared-memory
+stalls and bank conflicts) at one size.
 
 `python -m cuda_matmul.profile N` is the target ncu runs: every rung, then cuBLAS fp32 and bf16, once
 each at N x N x N, in that order.
@@ -25,6 +26,11 @@ NCU_METRICS = {
     "dram_pct": "gpu__dram_throughput.avg.pct_of_peak_sustained_elapsed",
     "sm_pct": "sm__throughput.avg.pct_of_peak_sustained_elapsed",
     "duration_ns": "gpu__time_duration.sum",
+    # Why an FP32 kernel falls short of the FMA pipe: how often a scheduler issues at all, and how long its
+    # warps wait on shared-memory loads (cycles per issued instruction), and bank conflicts.
+    "issue_pct": "smsp__issue_active.avg.pct_of_peak_sustained_active",
+    "short_scoreboard": "smsp__average_warps_issue_stalled_short_scoreboard_per_issue_active.ratio",
+    "smem_conflicts": "l1tex__data_bank_conflicts_pipe_lsu_mem_shared.sum",
 }
 
 

@@ -229,6 +229,9 @@ def _ncu(ctx: BenchContext) -> None:
             "sm_pct": k.get("sm_pct"),
             "intensity": flops / k["dram_bytes"] if k.get("dram_bytes") else None,
             "duration_ms": k.get("duration_ns", 0) / 1e6,
+            "issue_pct": k.get("issue_pct"),
+            "short_scoreboard": k.get("short_scoreboard"),
+            "smem_conflicts_M": k["smem_conflicts"] / 1e6 if "smem_conflicts" in k else None,
         }
         for n, k in zip(names, kernels, strict=True)
     ]
@@ -243,6 +246,9 @@ def _ncu(ctx: BenchContext) -> None:
             metric("sm_pct", "%", "SM throughput, of peak"),
             metric("intensity", "FLOP/B", "FLOPs / DRAM bytes"),
             metric("duration_ms", "ms", "one call, under the profiler"),
+            metric("issue_pct", "%", "cycles a scheduler issued an instruction"),
+            metric("short_scoreboard", "cycles", "per issued instruction, waiting on shared-memory loads"),
+            metric("smem_conflicts_M", "millions", "shared-memory bank conflicts"),
         ],
         rows=rows,
         config={"n": PROFILE_N, "clock_control": "none"},
