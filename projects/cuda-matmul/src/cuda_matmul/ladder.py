@@ -26,7 +26,7 @@ RUNGS = (
     Rung(number=5, name="blocktile_2d", source="05_blocktile_2d.cu", dtype="fp32", idea="8x8 outputs per thread"),
     Rung(number=6, name="vectorized", source="06_vectorized.cu", dtype="fp32", idea="16-byte loads, A transposed"),
     Rung(number=7, name="warptile", source="07_warptile.cu", dtype="fp32", idea="warp tiles, 128 outputs/thread"),
-    Rung(number=8, name="double_buffer", source="08_double_buffer.cu", dtype="fp32", idea="cp.async stages, tuned"),
+    Rung(number=8, name="double_buffer", source="08_double_buffer.cu", dtype="fp32", idea="cp.async, 2x fragments"),
     Rung(number=9, name="tensor_core", source="09_tensor_core.cu", dtype="bf16", idea="bf16 WMMA on tensor cores"),
     Rung(number=10, name="wgmma", source="10_wgmma.cu", dtype="bf16", idea="TMA + wgmma, warp-specialised"),
 )
