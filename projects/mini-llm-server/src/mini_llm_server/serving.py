@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import importlib.util
+import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -68,7 +70,7 @@ class ServingConfig:
     # process fell behind its open-loop schedule, and at 10k tokens/s its own parsing sets the pace
     client_processes: int = 4
     max_num_batched_tokens: int = 512  # the step token budget of every point but the sweep's
-    step_token_sweep: tuple[int, ...] = (256, 1024, 2048)  # further budgets, measured at sweep_concurrency
+    step_token_sweep: tuple[int, ...] = (128, 256, 2048)  # further budgets, measured at sweep_concurrency
     sweep_concurrency: int = 32
 
 
@@ -84,8 +86,12 @@ def _point(model: Transformer, tok: Tokenizer, engine_config: EngineConfig, load
     app = create_app(async_engine, tok, ServiceConfig(model_name="bench", max_queue=max_queue))
     server, thread, url = serve_in_thread(app)
     try:
+        cpu = time.process_time()  # every thread of this process: the HTTP side (and the engine, when in-process)
         results, wall = run_split(replace(load, url=url), client, client_processes)
+        cpu = time.process_time() - cpu
         summary = summarize(results, wall)
+        summary["server_cpu_share"] = cpu / wall  # ~1 or more: the server's interpreter is the ceiling
+        summary["server_cpu_us_per_token"] = 1e6 * cpu / max(sum(r.tokens for r in results), 1)
         failed = {f"{r.status}: {r.error}" for r in results if r.status != 429 and (r.status != 200 or r.error)}
         for what in sorted(failed):  # the record counts errors; the log says what they were
             print(f"  error: {what}", flush=True)
@@ -160,6 +166,15 @@ def gpu_model(device: torch.device) -> tuple[Transformer, Tokenizer]:
     return model, tok
 
 
+def http_stack() -> str:
+    """What uvicorn serves with here: it takes httptools and uvloop when they are installed, else h11 and asyncio."""
+    import uvicorn
+
+    parser = "httptools" if importlib.util.find_spec("httptools") else "h11"
+    loop = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
+    return f"uvicorn {uvicorn.__version__}, {parser}, {loop}"
+
+
 def write_serving_record(rows: list[dict], cfg: ServingConfig, model_name: str, device: torch.device,
                          root: Path | None = None) -> Path:  # fmt: skip
     ctx = service_context(hardware_label(device), root)
@@ -167,8 +182,10 @@ def write_serving_record(rows: list[dict], cfg: ServingConfig, model_name: str, 
     keys = [k for k in rows[0] if k not in params]
     columns = [param("policy"), param("load"), param("concurrency", "closed-loop clients; 0: open loop"),
                param("step_tokens", "tokens computed per step at most")]  # fmt: skip
-    columns += [metric(k, "ms" if k.endswith("_ms") else "MB" if k.endswith("_MB_per_request") else "") for k in keys]
-    ctx.record(benchmark="serving", columns=columns, rows=rows, config={**asdict(cfg), "model": model_name},
+    units = {"_ms": "ms", "_MB_per_request": "MB", "_us_per_token": "us"}
+    columns += [metric(k, next((u for end, u in units.items() if k.endswith(end)), "")) for k in keys]
+    config = {**asdict(cfg), "model": model_name, "http_stack": http_stack()}
+    ctx.record(benchmark="serving", columns=columns, rows=rows, config=config,
                timing=TimingConfig(warmup=0, repeats=1), method=METHOD,
                notes="Latencies as a streaming client sees them; 429s counted apart from errors; KV MB per request "
                "= peak KV blocks in use x bytes per block / concurrency.")  # fmt: skip
