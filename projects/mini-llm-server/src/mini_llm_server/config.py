@@ -18,7 +18,7 @@ class EngineConfig:
     max_num_batched_tokens: int = 512  # tokens computed per step at most (the chunked-prefill budget)
     # continuous batching: while sequences decode, wait until this many waiting requests (or all there are)
     # can be admitted together; 1 admits as soon as a seat frees. Trades a little TTFT for fewer steps that
-    # mix prompts into the decode batch (those run eagerly, not as a CUDA graph).
+    # mix prompts into the decode batch (each a little longer than a decode-only step).
     min_admission: int = 1
     enable_prefix_caching: bool = True
     policy: str = "continuous"  # "continuous" (iteration-level), "static" (batch to completion), "fifo" (one)

@@ -24,6 +24,7 @@ from tinyllm.model import Transformer
 from tinyllm.sampling import SamplingParams
 from tinyllm.tokenizer import Tokenizer
 
+from mini_llm_server.async_engine import next_output
 from mini_llm_server.config import EngineConfig
 from mini_llm_server.engine import LLMEngine, RequestOutput
 
@@ -207,7 +208,7 @@ class EngineProcess:
         finished = False
         try:
             while not finished:
-                out = await queue.get()
+                out = await next_output(queue)
                 finished = out.finished
                 yield out
         finally:
