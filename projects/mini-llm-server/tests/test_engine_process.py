@@ -99,8 +99,6 @@ def test_an_engine_that_dies_ends_its_requests_instead_of_hanging(parts):
 def test_a_stream_that_fell_behind_catches_up_in_one_output():
     """Outputs queued behind the next one merge into it (tokens in order, the latest output and finish), and
     nothing is merged past a finished output."""
-    import asyncio
-
     from mini_llm_server.async_engine import next_output
     from mini_llm_server.engine import RequestOutput
 

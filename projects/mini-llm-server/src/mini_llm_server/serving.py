@@ -40,7 +40,7 @@ from mini_llm_server.engine_process import EngineProcess, ModelFactory, copy_of
 from mini_llm_server.load import LoadConfig, client_pool, run_split, summarize
 from mini_llm_server.load_record import service_context
 from mini_llm_server.model_runner import kv_bytes_per_block
-from mini_llm_server.report import TINYLLAMA, release_memory
+from mini_llm_server.report import ADMISSION_DIVISOR, TINYLLAMA, release_memory
 
 PROCESS_POLICY = "continuous, engine process"  # continuous batching with the engine in a process of its own
 POLICIES = ("continuous", PROCESS_POLICY, "static", "fifo")
@@ -69,14 +69,8 @@ class ServingConfig:
     # the load comes from this many client processes (each a share of the clients, requests or rate): one
     # process fell behind its open-loop schedule, and at 10k tokens/s its own parsing sets the pace
     client_processes: int = 4
-    # the step token budget of every point but the sweep's: smaller steps interleave prompt chunks with
-    # decodes more finely (a shorter worst step for the streams), at some cost in time to first token
-    max_num_batched_tokens: int = 256
-    step_token_sweep: tuple[int, ...] = (128, 512, 2048)  # further budgets, measured at sweep_concurrency
-    # continuous batching admits a waiting request as soon as a seat frees (min_admission 1): with prompt steps
-    # captured as CUDA graphs, a step that carries prompt chunks costs little more than a decode-only step
-    # (the rows' mixed_step_ms against decode_step_ms), so holding requests back to group them buys little
-    min_admission: int = 1
+    max_num_batched_tokens: int = 512  # the step token budget of every point but the sweep's
+    step_token_sweep: tuple[int, ...] = (128, 256, 2048)  # further budgets, measured at sweep_concurrency
     sweep_concurrency: int = 32
 
 
@@ -133,7 +127,7 @@ def _measure(model: Transformer, tok: Tokenizer, cfg: ServingConfig, client: Pro
     def point(policy: str, c: int, step_tokens: int) -> dict:
         scheduling = "continuous" if policy == PROCESS_POLICY else policy
         seqs = 1 if policy == "fifo" else cfg.max_num_seqs
-        group = cfg.min_admission if scheduling == "continuous" else 1
+        group = max(1, min(c, seqs) // ADMISSION_DIVISOR) if scheduling == "continuous" else 1
         engine = EngineConfig(policy=scheduling, max_num_seqs=seqs, max_num_batched_tokens=step_tokens,
                               min_admission=group)  # fmt: skip
         cap = cfg.fifo_max_requests if policy == "fifo" else cfg.max_requests
@@ -151,7 +145,7 @@ def _measure(model: Transformer, tok: Tokenizer, cfg: ServingConfig, client: Pro
     top = max(cfg.concurrencies)
     sustained = next(r for r in rows if r["policy"] == "continuous" and r["concurrency"] == top)["requests_per_s"]
     rate = cfg.overload_factor * sustained
-    group = cfg.min_admission
+    group = max(1, cfg.max_num_seqs // ADMISSION_DIVISOR)
     engine = EngineConfig(max_num_seqs=cfg.max_num_seqs, max_num_batched_tokens=cfg.max_num_batched_tokens,
                           min_admission=group)  # fmt: skip
     load = LoadConfig(url="", model="bench", num_requests=max(cfg.min_requests, int(rate * cfg.overload_seconds)),
