@@ -94,26 +94,3 @@ def test_an_engine_that_dies_ends_its_requests_instead_of_hanging(parts):
         server.should_exit = True
         thread.join(timeout=10)
         engine.close()
-
-
-def test_a_stream_that_fell_behind_catches_up_in_one_output():
-    """Outputs queued behind the next one merge into it (tokens in order, the latest output and finish), and
-    nothing is merged past a finished output."""
-    from mini_llm_server.async_engine import next_output
-    from mini_llm_server.engine import RequestOutput
-
-    async def drain() -> list[RequestOutput]:
-        queue: asyncio.Queue[RequestOutput] = asyncio.Queue()
-        for out in (
-            RequestOutput(7, [1], [1], False, None),
-            RequestOutput(7, [2], [1, 2], False, None),
-            RequestOutput(7, [3], [1, 2, 3], True, "length"),
-            RequestOutput(7, [], [1, 2, 3], True, "x"),
-        ):
-            queue.put_nowait(out)  # fmt: skip
-        return [await next_output(queue), await next_output(queue)]
-
-    first, second = asyncio.run(drain())
-    assert (first.new_tokens, first.output, first.finished, first.finish_reason) == ([1, 2, 3], [1, 2, 3], True,
-                                                                                       "length")  # fmt: skip
-    assert second.finish_reason == "x"

@@ -18,18 +18,6 @@ from tinyllm.sampling import SamplingParams
 from mini_llm_server.engine import LLMEngine, RequestOutput
 
 
-async def next_output(queue: asyncio.Queue[RequestOutput]) -> RequestOutput:
-    """A request's next output, merged with every output already queued behind it. A stream whose consumer
-    fell behind the engine (the HTTP side busy with other streams) then catches up in one server-sent event
-    rather than one per token, which is what lets it catch up at all when the HTTP side is the bottleneck."""
-    out = await queue.get()
-    while not out.finished and not queue.empty():
-        nxt = queue.get_nowait()
-        out = RequestOutput(out.request_id, out.new_tokens + nxt.new_tokens, nxt.output, nxt.finished,
-                            nxt.finish_reason)  # fmt: skip
-    return out
-
-
 class AsyncEngine:
     def __init__(self, engine: LLMEngine) -> None:
         self.engine = engine
@@ -107,7 +95,7 @@ class AsyncEngine:
         finished = False
         try:
             while not finished:
-                out = await next_output(queue)
+                out = await queue.get()
                 finished = out.finished
                 yield out
         finally:

@@ -24,7 +24,6 @@ from tinyllm.model import Transformer
 from tinyllm.sampling import SamplingParams
 from tinyllm.tokenizer import Tokenizer
 
-from mini_llm_server.async_engine import next_output
 from mini_llm_server.config import EngineConfig
 from mini_llm_server.engine import LLMEngine, RequestOutput
 
@@ -208,7 +207,7 @@ class EngineProcess:
         finished = False
         try:
             while not finished:
-                out = await next_output(queue)
+                out = await queue.get()
                 finished = out.finished
                 yield out
         finally:
