@@ -46,6 +46,11 @@ def test_openai_client_completions_plain_and_streamed(stack):
                                             stream=True))  # fmt: skip
     assert "".join(c.choices[0].text for c in chunks) == expected
     assert chunks[-1].choices[0].finish_reason == "length"
+    # stream_options.include_usage: one more chunk, with no choices, carries the token counts
+    chunks = list(client.completions.create(model="test", prompt="hello world", max_tokens=12, temperature=0,
+                                            stream=True, stream_options={"include_usage": True}))  # fmt: skip
+    assert "".join(c.choices[0].text for c in chunks[:-1]) == expected and chunks[-1].choices == []
+    assert chunks[-1].usage.completion_tokens == 12 and chunks[-1].usage.prompt_tokens == r.usage.prompt_tokens
     assert [m.id for m in client.models.list().data] == ["test"]
 
 
@@ -69,6 +74,7 @@ def test_openai_client_chat_plain_and_streamed(stack):
         ({"model": "test"}, 400, "prompt"),
         ({"model": "test", "prompt": "x " * 2000}, 400, "prompt"),
         ({"model": "test", "prompt": [99999]}, 400, "prompt"),
+        ({"model": "test", "prompt": "x", "stream_options": {"include_usage": True}}, 400, "stream_options"),
     ],
 )
 def test_bad_requests_name_the_field(stack, body, status, field):
@@ -166,6 +172,8 @@ def test_load_generator_reports_latencies_and_writes_a_record(stack, tmp_path, m
     assert summary["requests"] == 6 and summary["ok"] + summary["rejected_429"] == 6 and summary["errors"] == 0
     assert summary["ok"] > 0 and summary["ttft_p50_ms"] > 0 and summary["itl_p99_ms"] >= summary["itl_p50_ms"]
     assert summary["e2e_p95_ms"] >= summary["ttft_p95_ms"] and summary["tokens_per_s"] > 0
+    # tokens come from each stream's usage chunk: at least one per chunk that carried text
+    assert all(4 <= r.tokens <= 12 and r.tokens >= len(r.itl) + 1 for r in results if r.status == 200)
     rec = read_record(write_load_record(cfg, summary, "cpu-test", root=tmp_path))
     assert rec.rows[0]["ok"] == summary["ok"] and rec.benchmark.startswith("load-")
 

@@ -48,6 +48,10 @@ class ServiceConfig:
     switch_interval_s: float = 0.0005
 
 
+class StreamOptions(BaseModel):
+    include_usage: bool = False  # a last chunk, before [DONE], with no choices and the request's token counts
+
+
 class CompletionRequest(BaseModel):
     model: str
     prompt: str | list[int]
@@ -59,6 +63,7 @@ class CompletionRequest(BaseModel):
     stop: str | list[str] | None = None
     stream: bool = False
     timeout: float | None = Field(None, gt=0.0)  # seconds; an extension: the request ends with an error past it
+    stream_options: StreamOptions | None = None
 
 
 class ChatMessage(BaseModel):
@@ -211,6 +216,8 @@ def create_app(
 
     async def _respond(req: CompletionRequest, ids: list[int], chat: bool, request: Request):
         rid = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}"
+        if req.stream_options is not None and not req.stream:
+            raise ApiError(400, "stream_options: only allowed when stream is true", "stream_options")
         created = int(time.time())
         kind = "chat.completion" if chat else "text_completion"
 
@@ -237,11 +244,16 @@ def create_app(
             try:
                 item, last_check = first, time.perf_counter()
                 while True:
-                    delta, reason, _ = item
+                    delta, reason, count = item
                     body = {"id": rid, "object": chunk_kind, "created": created, "model": config.model_name,
                             "choices": [choice(delta, reason, True)]}  # fmt: skip
                     yield f"data: {json.dumps(body)}\n\n"
                     if reason is not None:
+                        if req.stream_options is not None and req.stream_options.include_usage:
+                            usage = {"prompt_tokens": len(ids), "completion_tokens": count,
+                                     "total_tokens": len(ids) + count}  # fmt: skip
+                            body = {**body, "choices": [], "usage": usage}
+                            yield f"data: {json.dumps(body)}\n\n"
                         break
                     # Starlette cancels this generator when the client goes (ASGI < 2.4, uvicorn's); where a
                     # write to a closed socket may not raise, ask, but not per token: asking costs a task switch

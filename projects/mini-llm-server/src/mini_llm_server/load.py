@@ -53,7 +53,7 @@ class Result:
     ttft: float | None = None
     itl: list[float] = field(default_factory=list)
     e2e: float | None = None
-    tokens: int = 0  # streamed chunks carrying text: one per token, except held-back partial characters
+    tokens: int = 0  # completion tokens, from the stream's closing usage chunk
     error: str | None = None
 
 
@@ -63,7 +63,7 @@ def bodies(cfg: LoadConfig) -> list[dict]:
     for _ in range(cfg.num_requests):
         words = [rng.choice(WORDS) for _ in range(rng.randint(*cfg.prompt_words))]
         out.append({"model": cfg.model, "prompt": " ".join(words), "max_tokens": rng.randint(*cfg.output_tokens),
-                    "temperature": 0.0, "stream": True})  # fmt: skip
+                    "temperature": 0.0, "stream": True, "stream_options": {"include_usage": True}})  # fmt: skip
     return out
 
 
@@ -79,13 +79,16 @@ async def one_request(client: httpx.AsyncClient, body: dict) -> Result:
             async for line in r.aiter_lines():
                 if not line.startswith("data: ") or line == "data: [DONE]":
                     continue
-                if json.loads(line[6:])["choices"][0]["text"]:
+                chunk = json.loads(line[6:])
+                if chunk.get("usage"):  # the last chunk: the count, since a text chunk may carry several tokens
+                    res.tokens = chunk["usage"]["completion_tokens"]
+                elif chunk["choices"][0]["text"]:  # inter-token gaps are gaps between chunks that carry text
                     now = time.perf_counter()
                     if last is None:
                         res.ttft = now - t0
                     else:
                         res.itl.append(now - last)
-                    last, res.tokens = now, res.tokens + 1
+                    last = now
         res.e2e = time.perf_counter() - t0
     except httpx.HTTPError as e:
         res.error = f"{type(e).__name__}: {e}"
