@@ -1,14 +1,14 @@
 // Rung 8's kernel, templated on the warp-tile shape W and the pipeline depth STAGES so the tuner can
 // instantiate any configuration; 08_double_buffer.cu instantiates the tuned one.
 //
-// Two things make it faster than the rungs before it, besides the cp.async stages themselves:
+// Two things make it fast, besides the cp.async stages themselves:
 // - The copy of a tile is planned once per thread, outside the k-loop: which elements of A and which
 //   16-byte chunks of B the thread moves, their global addresses (advanced by one tile per step) and
 //   whether their row or column lies inside the matrix. A k-step issues its cp.asyncs with no index
 //   arithmetic, and only the last, partial tile along K checks bounds per element. (A first version
-//   recomputed every address and bound per element: 30% of the main loop's instructions were integer
-//   work.) Each warp-wide copy of A reads 4 rows x 8 columns (four 32-byte sectors) and writes them
-//   transposed into 32 different banks.
+//   recomputed every address and bound per element, in a loop the compiler could not unroll: most of the
+//   main loop's instructions besides the FMAs were that arithmetic.) Each warp-wide copy of A reads 4 rows
+//   x 8 columns (four 32-byte sectors) and writes them transposed into 32 different banks.
 // - Fragments are double-buffered in registers: the shared-memory loads for step k + 1 are issued before
 //   the FMAs of step k, and the barrier between tiles sits before the last step's FMAs, so the next
 //   tile's first fragments load while those run. Without this, warps waited on shared-memory loads
@@ -105,8 +105,8 @@ struct TileCopy {
   }
 };
 
-// Dynamic shared memory: with the pad, three 128 x 128 x 16 stages are just past the 48 KiB a kernel may
-// declare statically.
+// Dynamic shared memory: the tuned stages (three of 128 + 4 and 256 columns by 16 rows, 73 KiB) are past the
+// 48 KiB a kernel may declare statically.
 template <class W, int STAGES>
 struct Stages {
   float a[STAGES][W::BK][TileCopy<W, true>::LDA];
