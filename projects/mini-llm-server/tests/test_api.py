@@ -174,6 +174,7 @@ def test_load_generator_reports_latencies_and_writes_a_record(stack, tmp_path, m
     assert summary["e2e_p95_ms"] >= summary["ttft_p95_ms"] and summary["tokens_per_s"] > 0
     # tokens come from each stream's usage chunk: at least one per chunk that carried text
     assert all(4 <= r.tokens <= 12 and r.tokens >= len(r.itl) + 1 for r in results if r.status == 200)
+    assert 0 < summary["tpot_p50_ms"] <= summary["tpot_p99_ms"] < summary["e2e_p99_ms"]
     rec = read_record(write_load_record(cfg, summary, "cpu-test", root=tmp_path))
     assert rec.rows[0]["ok"] == summary["ok"] and rec.benchmark.startswith("load-")
 

@@ -3,7 +3,7 @@
 Closed loop (`--concurrency N`: N clients, each sending its next request when the last one ends) or open
 loop (`--rate R`: Poisson arrivals at R requests/s whatever the server does, the way overload happens).
 Every request streams, so time to first token and the gaps between tokens are seen as a client sees
-them. Reports p50/p95/p99 TTFT, inter-token latency and end-to-end latency, requests/s, tokens/s, and
+them. Reports p50/p95/p99 TTFT, inter-token latency, time per output token and end-to-end latency, requests/s, tokens/s, and
 errors (429s counted apart), and writes them as a harness record.
 """
 
@@ -182,11 +182,14 @@ def summarize(results: list[Result], wall: float) -> dict:
     ttft = [r.ttft for r in ok if r.ttft is not None]
     itl = [g for r in ok for g in r.itl]
     e2e = [r.e2e for r in ok if r.e2e is not None]
+    # time per output token after the first, per request: unlike the gaps between chunks, it does not depend
+    # on how many tokens each streamed chunk carries
+    tpot = [(r.e2e - r.ttft) / (r.tokens - 1) for r in ok if r.e2e is not None and r.ttft is not None and r.tokens > 1]
     summary = {"requests": len(results), "ok": len(ok), "rejected_429": sum(r.status == 429 for r in results),
                "errors": sum(r.status != 429 and (r.status != 200 or r.error is not None) for r in results),
                "requests_per_s": len(ok) / wall, "tokens_per_s": sum(r.tokens for r in ok) / wall,
                "wall_s": wall}  # fmt: skip
-    for name, values in (("ttft", ttft), ("itl", itl), ("e2e", e2e)):
+    for name, values in (("ttft", ttft), ("itl", itl), ("tpot", tpot), ("e2e", e2e)):
         for q in (50, 95, 99):
             v = _pct(values, q)
             summary[f"{name}_p{q}_ms"] = None if v is None else v * 1e3
