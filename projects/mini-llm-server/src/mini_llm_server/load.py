@@ -3,8 +3,8 @@
 Closed loop (`--concurrency N`: N clients, each sending its next request when the last one ends) or open
 loop (`--rate R`: Poisson arrivals at R requests/s whatever the server does, the way overload happens).
 Every request streams, so time to first token and the gaps between tokens are seen as a client sees
-them. Reports p50/p95/p99 TTFT, inter-token latency, time per output token and end-to-end latency, requests/s, tokens/s, and
-errors (429s counted apart), and writes them as a harness record.
+them. Reports p50/p95/p99 TTFT, inter-token latency, time per output token and end-to-end latency,
+requests/s, tokens/s, and errors (429s counted apart), and writes them as a harness record.
 """
 
 from __future__ import annotations
