@@ -14,7 +14,8 @@ from pathlib import Path
 from cuda_matmul.build import CSRC, default_arch
 
 # (BM, BN, BK, WM, WN, WNITER, TM, TN, STAGES). TM = 4 with two sub-tiles down a warp tile (WMITER = 2) gives
-# each thread rows 32 apart instead of 8 adjacent ones: a warp's A reads then cover all 32 banks once.
+# each thread two groups of 4 rows a sub-tile apart instead of 8 adjacent rows, so a warp's 16-byte A reads
+# fall in different banks.
 CONFIGS = [
     (128, 128, 16, 64, 32, 2, 8, 4, 3),  # the first sweep's winner: 8 adjacent rows per thread
     (128, 128, 16, 64, 64, 4, 8, 4, 2),
