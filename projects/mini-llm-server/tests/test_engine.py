@@ -215,6 +215,62 @@ def test_bad_requests_are_refused_by_name(model, prompt, params, message):
         engine.add_request(prompt, params)
 
 
+def test_overlapped_steps_read_greedy_tokens_one_call_late(model):
+    """With overlap_steps a greedy step's tokens stay on the device: the next step's forward reads its input
+    token from there, and the host reads the tokens only after launching that step."""
+    prompt = _prompts(1, seed=16)[0]
+    expected = _alone(model, [prompt])[0]
+    engine = LLMEngine(model, EngineConfig(num_blocks=64, block_size=4))
+    rid = engine.add_request(prompt, GREEDY)
+    assert engine.step() == []  # the prefill's token is still in flight
+    seq = engine.seqs[rid]
+    assert seq.num_pending == 1 and seq.output == [] and engine.has_unfinished()
+    got = []
+    while engine.has_unfinished():
+        outs = engine.step()
+        got += [t for o in outs for t in o.new_tokens]
+        if not seq.finished:  # the step just launched was fed the token read in this call
+            assert seq.num_pending == 1 and engine.in_flight is not None
+    assert got == expected
+    # the step launched after the last token was one row too many: dropped, its blocks freed
+    assert engine.metrics()["steps"] == len(expected) + 1 and engine.metrics()["kv_blocks_used"] == 0
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_overlap_keeps_greedy_and_sampled_requests_exact(model, backend):
+    """Greedy and seeded-sampling requests in one batch, with stop tokens, an abort and preemption: a step that
+    samples on the host reads the step in flight first. Every request gets what it gets without overlap
+    (greedy ones: what generating it alone gives), and no block is leaked."""
+    prompts = _prompts(8, seed=17)
+    stops = [_alone(model, [p])[0][2] for p in prompts[:2]]
+    params = [SamplingParams(temperature=0.0, max_new_tokens=12, stop_token_ids=(stops[i],)) if i < 2 else
+              SamplingParams(temperature=0.9, top_k=30, seed=i, max_new_tokens=10) if i % 2 else GREEDY
+              for i in range(len(prompts))]  # fmt: skip
+    results = []
+    for overlap in (True, False):
+        config = EngineConfig(num_blocks=24, block_size=4, max_num_batched_tokens=24, attention_backend=backend,
+                              overlap_steps=overlap)  # fmt: skip
+        engine = LLMEngine(model, config)
+        ids = [engine.add_request(p, sp) for p, sp in zip(prompts, params, strict=True)]
+        outs: dict[int, list[int]] = {}
+        steps = 0
+        while engine.has_unfinished():
+            for o in engine.step():
+                outs.setdefault(o.request_id, []).extend(o.new_tokens)
+            steps += 1
+            if steps == 6:
+                engine.abort(ids[7])
+        results.append([outs.get(i, []) for i in ids])
+        assert engine.metrics()["preemptions"] > 0 and engine.metrics()["kv_blocks_used"] == 0
+        engine.blocks.check_invariants([])
+    overlapped, plain = results
+    assert overlapped[:7] == plain[:7]
+    for i in (0, 1):
+        assert overlapped[i] == _alone(model, [prompts[i]], params[i])[0] and overlapped[i][-1] == stops[i]
+    for i in (2, 4, 6):
+        assert overlapped[i] == _alone(model, [prompts[i]])[0]
+
+
 def test_stream_yields_tokens_and_cancelling_aborts(model):
     engine = LLMEngine(model, EngineConfig(num_blocks=64, block_size=4))
     streamer = AsyncEngine(engine)

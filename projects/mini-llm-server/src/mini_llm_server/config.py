@@ -27,6 +27,11 @@ class EngineConfig:
     # on CUDA with the triton backend: decode-only steps replay CUDA graphs captured at start-up for padded
     # batch sizes up to max_num_seqs (cuda_graphs.py); False runs every step eagerly
     cuda_graphs: bool = True
+    # A step whose sampling is all greedy takes its argmax on the device and is read back only after the next
+    # step has been launched, whose forward takes those tokens from the device: the host's per-step work
+    # (scheduling, inputs, reading outputs) overlaps the GPU's instead of leaving it idle. Outputs arrive one
+    # step() call later; a step that samples otherwise is read at once.
+    overlap_steps: bool = True
 
     def __post_init__(self) -> None:
         if self.block_size < 1:

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from mini_llm_server.paged_attention import max_varlen_tiles, paged_decode_attention, paged_varlen_attention
+from mini_llm_server.step_inputs import input_tokens, step_inputs
 
 if TYPE_CHECKING:
     from mini_llm_server.model_runner import ModelRunner
@@ -115,12 +116,12 @@ class DecodeGraphs:
         self.runner, self.sizes = runner, graph_batch_sizes(max_batch)
         G, device = self.sizes[-1], runner.device
         self.scratch_slot = runner.scratch_block * runner.block_size
-        # meta rows: tokens, positions, cache slots, sequence lengths. Stale entries of earlier, larger batches
-        # stay behind in the tables: they are valid block ids, and a row reads only the first
-        # ceil(length / block_size) of its entries, so they are never used.
-        self.inputs = StagedInputs({"meta": (4, G), "tables": (G, runner.max_blocks_per_seq)},
+        # meta rows: tokens, feeds (step_inputs.py), positions, cache slots, sequence lengths. Stale entries of
+        # earlier, larger batches stay behind in the tables: they are valid block ids, and a row reads only the
+        # first ceil(length / block_size) of its entries, so they are never used.
+        self.inputs = StagedInputs({"meta": (5, G), "tables": (G, runner.max_blocks_per_seq)},
                                    {"tables": runner.scratch_block}, device)  # fmt: skip
-        self.inputs.host["meta"][2:] = [[self.scratch_slot], [1]]  # padding rows: the scratch block
+        self.inputs.host["meta"][1:] = [[-1], [0], [self.scratch_slot], [1]]  # padding rows: the scratch block
         self.inputs.upload()
         self.meta, self.tables = self.inputs.on_device["meta"], self.inputs.on_device["tables"]
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
@@ -135,13 +136,13 @@ class DecodeGraphs:
 
     def _forward(self, G: int) -> torch.Tensor:
         r = self.runner
-        tokens, positions, slots, lens = self.meta[:, :G]
+        tokens, feeds, positions, slots, lens = self.meta[:, :G]
         scale = r.model.cfg.hd**-0.5
 
         def attend(layer: int, q: torch.Tensor) -> torch.Tensor:
             return paged_decode_attention(q, r.k_cache[layer], r.v_cache[layer], self.tables[:G], lens, scale)
 
-        return r.model.lm_head(r.forward(tokens, positions, slots, attend))
+        return r.model.lm_head(r.forward(tokens, positions, slots, attend, feeds))
 
     @torch.no_grad()
     def run(self, batch: list[ScheduledSeq]) -> torch.Tensor:
@@ -150,9 +151,12 @@ class DecodeGraphs:
         t0 = time.perf_counter()
         B, bs, scratch = len(batch), self.runner.block_size, self.runner.scratch_block
         G = next(s for s in self.sizes if s >= B)
-        cols = [(it.seq.token_slice(it.start, it.start + 1)[0], it.start,
-                 it.seq.block_table[it.start // bs] * bs + it.start % bs, it.start + 1) for it in batch]  # fmt: skip
-        cols += [(0, 0, self.scratch_slot, 1)] * (G - B)  # padding: write and read the scratch block only
+        cols = []
+        for it in batch:
+            (token,), feed = input_tokens(it)
+            slot = it.seq.block_table[it.start // bs] * bs + it.start % bs
+            cols.append((token, feed, it.start, slot, it.start + 1))
+        cols += [(0, -1, 0, self.scratch_slot, 1)] * (G - B)  # padding: write and read the scratch block only
         width = max(len(it.seq.block_table) for it in batch)
         tables = [it.seq.block_table + [scratch] * (width - len(it.seq.block_table)) for it in batch]
         host = self.inputs.writable()
@@ -173,9 +177,9 @@ class MixedGraphs:
         N, device, S = self.sizes[-1], runner.device, min(max_seqs, self.sizes[-1])
         self.scratch_slot = runner.scratch_block * runner.block_size
         self.per_tile = runner.tokens_per_tile
-        # meta rows: tokens, positions, cache slots; seq_meta rows: each sequence's first packed token, new
-        # tokens, context length; tiles rows: sequence, first token
-        shapes = {"meta": (3, N), "seq_meta": (3, S), "tables": (S, runner.max_blocks_per_seq),
+        # meta rows: tokens, feeds (step_inputs.py), positions, cache slots; seq_meta rows: each sequence's
+        # first packed token, new tokens, context length; tiles rows: sequence, first token
+        shapes = {"meta": (4, N), "seq_meta": (3, S), "tables": (S, runner.max_blocks_per_seq),
                   "tiles": (2, max_varlen_tiles(N, max_seqs, self.per_tile)), "ends": (S,)}  # fmt: skip
         self.inputs = StagedInputs(shapes, {"tables": runner.scratch_block}, device)
         self.meta, self.seq_meta, self.tables, self.tiles, self.ends = (self.inputs.on_device[k] for k in shapes)
@@ -196,7 +200,7 @@ class MixedGraphs:
     def _forward(self, N: int) -> torch.Tensor:
         r = self.runner
         S, T = self._limits(N)
-        tokens, positions, slots = self.meta[:, :N]
+        tokens, feeds, positions, slots = self.meta[:, :N]
         q_starts, q_lens, ctx_lens = self.seq_meta[:, :S]
         scale = r.model.cfg.hd**-0.5
 
@@ -204,22 +208,20 @@ class MixedGraphs:
             return paged_varlen_attention(q, r.k_cache[layer], r.v_cache[layer], self.tables[:S], q_starts, q_lens,
                                           ctx_lens, self.tiles[0, :T], self.tiles[1, :T], scale)  # fmt: skip
 
-        return r.model.lm_head(r.forward(tokens, positions, slots, attend)[self.ends[:S]])
+        return r.model.lm_head(r.forward(tokens, positions, slots, attend, feeds)[self.ends[:S]])
 
     @torch.no_grad()
     def run(self, batch: list[ScheduledSeq]) -> torch.Tensor:
         """Logits (sampling sequences, vocab) of a step with prompt chunks; on a GPU a view of the graph's
         output buffer, valid until the next step."""
-        from mini_llm_server.model_runner import step_inputs  # model_runner imports this module
-
         t0 = time.perf_counter()
         inputs = step_inputs(batch, self.runner.block_size, self.per_tile)
         n = len(inputs.tokens)
         N = next(s for s in self.sizes if s >= n)
         S, T = self._limits(N)
         host, B, width, tiles = self.inputs.writable(), len(batch), len(inputs.tables[0]), len(inputs.tile_seqs)
-        host["meta"][:, :n] = [inputs.tokens, inputs.positions, inputs.slots]
-        host["meta"][:, n:N] = [[0], [0], [self.scratch_slot]]  # padding tokens: write the scratch block, in no tile
+        host["meta"][:, :n] = [inputs.tokens, inputs.feeds, inputs.positions, inputs.slots]
+        host["meta"][:, n:N] = [[0], [-1], [0], [self.scratch_slot]]  # padding: write the scratch block, in no tile
         host["seq_meta"][:, :B] = [inputs.q_starts, inputs.q_lens, inputs.ctx_lens]
         host["tables"][:B, :width] = inputs.tables
         host["tiles"][:, :tiles] = [inputs.tile_seqs, inputs.tile_firsts]

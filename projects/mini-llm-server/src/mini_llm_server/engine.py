@@ -1,9 +1,13 @@
 """The engine API the service and the benchmarks use: add a request, step, abort, read metrics.
 
 Each `step()` asks the scheduler what to run, runs one packed forward, samples one token for every
-sequence whose step reached its newest token, and returns what changed. Step time is split into
-schedule / prepare (building the step's input tensors) / forward / sample, so a profile of the serving
-loop needs no profiler.
+sequence whose step reached its newest token, and returns what changed. With `overlap_steps`, a step
+whose sampling is greedy is read one call late: the GPU takes the argmax and keeps the tokens, the next
+call schedules and launches the next step (whose forward reads those tokens on the device) and only then
+waits for them, so the host's work hides behind the GPU's. A sequence that ends on a token read late has
+had one more row computed in the step launched meanwhile; that row is dropped. Step time is split into
+schedule / prepare (building the step's input tensors) / forward (launching it, and on a CPU running it)
+/ sample (reading tokens, which waits for the GPU), so a profile of the serving loop needs no profiler.
 """
 
 from __future__ import annotations
@@ -25,6 +29,15 @@ from mini_llm_server.scheduler import Scheduler
 from mini_llm_server.sequence import Sequence, Status
 
 CPU_KV_BYTES = 256 * 2**20
+
+
+@dataclass(frozen=True, slots=True)
+class InFlight:
+    """A launched step whose greedy tokens are still on their way to the host: `tokens[i]` is `seqs[i]`'s."""
+
+    seqs: list[Sequence]
+    tokens: torch.Tensor
+    ready: torch.cuda.Event | None  # None: already there (off a GPU)
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,8 +81,10 @@ class LLMEngine:
         on_gpu = model.lm_head.weight.device.type == "cuda"
         paged = backend == "triton" or (backend == "auto" and on_gpu)
         graphs = config.max_num_seqs if config.cuda_graphs and paged and on_gpu else 0
-        self.runner = ModelRunner(model, num_blocks, config.block_size, paged_kernel=paged, decode_graph_batch=graphs,
+        self.runner = ModelRunner(model, num_blocks, config.block_size, config.max_num_seqs, paged_kernel=paged,
+                                  decode_graph_batch=graphs,
                                   mixed_graph_tokens=config.max_num_batched_tokens if graphs else 0)  # fmt: skip
+        self.in_flight: InFlight | None = None
         self.seqs: dict[int, Sequence] = {}
         self._ids = itertools.count()
         self._done_at_add: list[RequestOutput] = []
@@ -146,7 +161,8 @@ class LLMEngine:
         self.runner = None
 
     def has_unfinished(self) -> bool:
-        return self.scheduler.has_work() or bool(self._done_at_add)
+        in_flight = self.in_flight is not None and not all(seq.finished for seq in self.in_flight.seqs)
+        return self.scheduler.has_work() or bool(self._done_at_add) or in_flight
 
     # -- the loop ------------------------------------------------------------------------------------------
 
@@ -161,24 +177,36 @@ class LLMEngine:
         t1 = time.perf_counter()
         if not schedule.seqs:
             self.step_seconds["schedule"] += t1 - t0
+            outputs += self._read_in_flight()
+            self.step_seconds["sample"] += time.perf_counter() - t1
             return outputs
         self.runner.copy_blocks(schedule.copies)
         prepared = self.runner.prepare_seconds
         logits = self.runner.execute(schedule.seqs)
-        t2 = time.perf_counter()
-        prepare = self.runner.prepare_seconds - prepared
         for item in schedule.seqs:
             item.seq.num_computed = item.start + item.num_tokens
-            self.blocks.commit(item.seq)
-        self._account(schedule.num_tokens)
         sampling = [item.seq for item in schedule.seqs if item.samples]  # a prompt chunk short of its end: none
-        for seq, token in zip(sampling, self._sample(logits, sampling), strict=True):
-            seq.output.append(token)
-            self.tokens_generated += 1
-            reason = self._stop_reason(seq, token)
-            if reason:
-                self._finish(seq, reason)
-            outputs.append(RequestOutput(seq.seq_id, [token], list(seq.output), reason is not None, reason))
+        launched = None
+        if sampling and self.config.overlap_steps and all(seq.params.greedy for seq in sampling):
+            launched = InFlight(sampling, *self.runner.sample_greedy(logits))
+            for row, seq in enumerate(sampling):
+                seq.num_pending, seq.sampled_row = seq.num_pending + 1, row
+        t2 = time.perf_counter()
+        prepare = self.runner.prepare_seconds - prepared
+        # the last step's tokens, while the GPU runs this one; they end some sequences that this step has
+        # just computed a row for, which is dropped
+        outputs += self._read_in_flight()
+        for item in schedule.seqs:
+            if not item.seq.finished:  # the tokens its full blocks hash are all known now
+                self.blocks.commit(item.seq)
+        self._account(schedule.num_tokens)
+        if launched is not None:
+            self.in_flight = launched
+        else:
+            live = [seq for seq in sampling if not seq.finished]
+            rows = [i for i, seq in enumerate(sampling) if not seq.finished]
+            for seq, token in zip(live, self._sample(logits[rows], live), strict=True):
+                self._append(seq, token, outputs)
         t3 = time.perf_counter()
         times = (t1 - t0, prepare, t2 - t1 - prepare, t3 - t2)
         for key, dt in zip(("schedule", "prepare", "forward", "sample"), times, strict=True):
@@ -189,6 +217,29 @@ class LLMEngine:
         return outputs
 
     # end-excerpt
+
+    def _read_in_flight(self) -> list[RequestOutput]:
+        """Wait for the launched step's greedy tokens and hand them to their sequences (none left in flight)."""
+        launched, self.in_flight = self.in_flight, None
+        if launched is None:
+            return []
+        if launched.ready is not None:
+            launched.ready.synchronize()
+        outputs: list[RequestOutput] = []
+        for seq, token in zip(launched.seqs, launched.tokens.tolist(), strict=True):
+            if seq.finished:  # aborted, timed out, or ended by its previous token
+                continue
+            seq.num_pending -= 1
+            self._append(seq, token, outputs)
+        return outputs
+
+    def _append(self, seq: Sequence, token: int, outputs: list[RequestOutput]) -> None:
+        seq.output.append(token)
+        self.tokens_generated += 1
+        reason = self._stop_reason(seq, token)
+        if reason:
+            self._finish(seq, reason)
+        outputs.append(RequestOutput(seq.seq_id, [token], list(seq.output), reason is not None, reason))
 
     @staticmethod
     def _sample(logits: torch.Tensor, seqs: list[Sequence]) -> list[int]:
@@ -212,7 +263,7 @@ class LLMEngine:
             return "stop"
         if len(seq.output) >= seq.params.max_new_tokens:
             return "length"
-        if seq.num_tokens >= self.model.cfg.max_seq_len:
+        if seq.num_known >= self.model.cfg.max_seq_len:
             return "context"
         return None
 

@@ -13,7 +13,6 @@ default) each sequence's blocks are gathered and given to SDPA.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -22,8 +21,9 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from mini_llm_server.cuda_graphs import DecodeGraphs, MixedGraphs
 from mini_llm_server.fused_ops import add_rmsnorm, rope_and_cache, silu_mul
-from mini_llm_server.paged_attention import paged_varlen_attention, tokens_per_tile, varlen_tiles
+from mini_llm_server.paged_attention import paged_varlen_attention, tokens_per_tile
 from mini_llm_server.scheduler import ScheduledSeq
+from mini_llm_server.step_inputs import step_inputs
 
 # cuDNN's SDPA builds an execution plan for every new shape, tens of milliseconds of host time, and every
 # prompt chunk has a shape of its own (a profile of a mixed step on the H100 had plan building take most of
@@ -49,13 +49,15 @@ class ModelRunner:
         model: Transformer,
         num_blocks: int,
         block_size: int,
+        max_seqs: int,
         paged_kernel: bool = False,
         decode_graph_batch: int = 0,
         mixed_graph_tokens: int = 0,
     ) -> None:
-        """decode_graph_batch > 0 (with the paged kernel): decode-only steps of up to that many sequences run
-        through DecodeGraphs, captured as CUDA graphs on a GPU, padded but eager elsewhere; with
-        mixed_graph_tokens > 0 too, any other step of up to that many tokens runs through MixedGraphs."""
+        """max_seqs: the most sequences a step holds. decode_graph_batch > 0 (with the paged kernel):
+        decode-only steps of up to that many sequences run through DecodeGraphs, captured as CUDA graphs on
+        a GPU, padded but eager elsewhere; with mixed_graph_tokens > 0 too, any other step of up to that
+        many tokens runs through MixedGraphs."""
         self.model, self.block_size = model.eval(), block_size
         self.paged_kernel = paged_kernel
         cfg, p = model.cfg, model.lm_head.weight
@@ -70,6 +72,13 @@ class ModelRunner:
                                       lay.self_attn.v_proj.weight]) for lay in model.layers]  # fmt: skip
         self.gate_up_weight = [torch.cat([lay.mlp.gate_proj.weight, lay.mlp.up_proj.weight]) for lay in model.layers]
         self.tokens_per_tile = tokens_per_tile(cfg.n_heads, cfg.n_kv_heads)
+        # Greedy tokens sampled on the device (sample_greedy): the next step's forward reads its input tokens
+        # from here, so the host can launch it before it has read them. Two host buffers, used in turn: a
+        # step's tokens are read while the next step's copy may already be landing.
+        self.sampled = torch.zeros(max_seqs, dtype=torch.long, device=p.device)
+        pinned = p.device.type == "cuda"
+        self._sampled_host = [torch.zeros(max_seqs, dtype=torch.long, pin_memory=pinned) for _ in range(2)]
+        self._sampled_turn = 0
         graphs = paged_kernel and decode_graph_batch > 0
         self.decode_graphs = DecodeGraphs(self, decode_graph_batch) if graphs else None
         mixed = graphs and mixed_graph_tokens > 0
@@ -84,6 +93,20 @@ class ModelRunner:
             self.k_cache[:, dst] = self.k_cache[:, src]
             self.v_cache[:, dst] = self.v_cache[:, src]
 
+    def sample_greedy(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.cuda.Event | None]:
+        """The argmax of each logits row into `sampled`, and a copy of it on its way to the host, without
+        waiting for the GPU: returns the host tensor, valid once the returned event (None off a GPU) is done."""
+        n = logits.shape[0]
+        torch.argmax(logits, dim=-1, out=self.sampled[:n])
+        host = self._sampled_host[self._sampled_turn][:n]
+        self._sampled_turn ^= 1
+        host.copy_(self.sampled[:n], non_blocking=True)
+        if self.device.type != "cuda":
+            return host, None
+        ready = torch.cuda.Event()
+        ready.record()
+        return host, ready
+
     # excerpt: execute
     @torch.no_grad()
     def execute(self, batch: list[ScheduledSeq]) -> torch.Tensor:
@@ -97,6 +120,7 @@ class ModelRunner:
         inputs = step_inputs(batch, self.block_size, self.tokens_per_tile)
         tokens, positions, slots, ends = (self._to_device(v) for v in (inputs.tokens, inputs.positions,
                                                                        inputs.slots, inputs.ends))  # fmt: skip
+        feeds = self._to_device(inputs.feeds) if any(f >= 0 for f in inputs.feeds) else None
         if self.paged_kernel:
             i32 = torch.int32
             meta = [self._to_device(v, i32) for v in (inputs.q_starts, inputs.q_lens, inputs.ctx_lens)]
@@ -115,17 +139,22 @@ class ModelRunner:
 
         self.prepare_seconds += time.perf_counter() - t0
         with sdpa_kernel(PREFILL_BACKENDS):
-            h = self.forward(tokens, positions, slots, attend)
+            h = self.forward(tokens, positions, slots, attend, feeds)
         return self.model.lm_head(h[ends])
 
-    def forward(self, tokens: torch.Tensor, positions: torch.Tensor, slots: torch.Tensor, attend) -> torch.Tensor:
+    def forward(
+        self, tokens: torch.Tensor, positions: torch.Tensor, slots: torch.Tensor, attend, feeds=None
+    ) -> torch.Tensor:
         """The layers over N packed tokens: writes each token's K/V to its cache slot, attends through
-        `attend(layer, q) -> (N, H, D)`, returns the final normalised hidden states (N, C). Each residual
-        add is fused with the RMSNorm after it, Q/K/V and gate/up are one matmul each, rotary embedding and
-        the cache write one kernel (fused_ops.py; with the paged kernel, else the same math in torch)."""
+        `attend(layer, q) -> (N, H, D)`, returns the final normalised hidden states (N, C). A token whose
+        `feeds` entry is a row r >= 0 is not in `tokens` but in `sampled[r]`, where the last step put it.
+        Each residual add is fused with the RMSNorm after it, Q/K/V and gate/up are one matmul each, rotary
+        embedding and the cache write one kernel (fused_ops.py; with the paged kernel, else the same math in torch)."""
         model, cfg, fused = self.model, self.model.cfg, self.paged_kernel
         layers, eps = model.layers, model.norm.eps
         H, K, D = cfg.n_heads, cfg.n_kv_heads, cfg.hd
+        if feeds is not None:
+            tokens = torch.where(feeds >= 0, self.sampled[feeds.clamp(min=0)], tokens)
         x = model.embed_tokens(tokens)  # (N, C)
         cos, sin = model.rotary(positions, x.dtype)  # (N, D)
         x, h = add_rmsnorm(x, None, layers[0].input_layernorm.weight, eps, fused)
@@ -165,38 +194,3 @@ class ModelRunner:
                                                                   scale=scale)[0].transpose(0, 1)  # fmt: skip
             offset += it.num_tokens
         return out
-
-
-@dataclass(frozen=True, slots=True)
-class StepInputs:
-    """A step's inputs as host lists: per token (packed in batch order), per sequence, per varlen tile."""
-
-    tokens: list[int]
-    positions: list[int]
-    slots: list[int]  # each token's cache slot: block id * block_size + offset
-    ends: list[int]  # the packed row of each sampling sequence's newest token
-    q_starts: list[int]  # each sequence's first packed row
-    q_lens: list[int]  # its new tokens this step
-    ctx_lens: list[int]  # its positions with K/V once this step has written them
-    tables: list[list[int]]  # block tables, padded with their last entry to one width
-    tile_seqs: list[int]
-    tile_firsts: list[int]
-
-
-def step_inputs(batch: list[ScheduledSeq], block_size: int, per_tile: int) -> StepInputs:
-    tokens, positions, slots, ends, q_starts = [], [], [], [], []
-    for it in batch:
-        q_starts.append(len(tokens))
-        table = it.seq.block_table
-        tokens += it.seq.token_slice(it.start, it.start + it.num_tokens)
-        span = range(it.start, it.start + it.num_tokens)
-        positions += span
-        slots += [table[p // block_size] * block_size + p % block_size for p in span]
-        if it.samples:
-            ends.append(len(tokens) - 1)
-    q_lens = [it.num_tokens for it in batch]
-    width = max(len(it.seq.block_table) for it in batch)
-    tables = [it.seq.block_table + it.seq.block_table[-1:] * (width - len(it.seq.block_table)) for it in batch]
-    tile_seqs, tile_firsts = varlen_tiles(q_lens, per_tile)
-    return StepInputs(tokens, positions, slots, ends, q_starts, q_lens, [it.start + it.num_tokens for it in batch],
-                      tables, tile_seqs, tile_firsts)  # fmt: skip

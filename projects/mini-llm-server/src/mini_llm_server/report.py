@@ -130,12 +130,17 @@ def _hf_model(model: Transformer, device: torch.device):
     return hf.to(device).eval()
 
 
-def decode_rate(model: Transformer, tokens: int, cuda_graphs: bool) -> dict:
+# batch-1 decode modes: CUDA graphs with steps overlapped (the default engine), graphs with every step's token
+# read before the next is scheduled, and eager
+DECODE_MODES = {"cuda-graphs": {}, "cuda-graphs, no overlap": {"overlap_steps": False}, "eager": {"cuda_graphs": False}}
+
+
+def decode_rate(model: Transformer, tokens: int, mode: str) -> dict:
     """Batch-1 decode through the engine: tokens/s from the first sampled token to the last, and, under CUDA
     graphs, the rate of the batch-1 graph replayed alone (the GPU's share of a step, without the host's)."""
     prompt, block_size = list(range(1, 17)), EngineConfig().block_size
     # a pool of exactly this request's blocks: the batch-1 step reads only its own cache either way
-    config = EngineConfig(num_blocks=-(-(len(prompt) + tokens) // block_size), max_num_seqs=1, cuda_graphs=cuda_graphs)
+    config = EngineConfig(num_blocks=-(-(len(prompt) + tokens) // block_size), max_num_seqs=1, **DECODE_MODES[mode])
     engine = LLMEngine(model, config)
     engine.add_request(prompt, SamplingParams(temperature=0.0, max_new_tokens=tokens))
     engine.step()  # prefill and the first token
@@ -193,10 +198,10 @@ def bench(ctx: BenchContext) -> None:
                              "preemptions": r["preemptions"]})  # fmt: skip
         weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
         roofline = ctx.ceilings.copy_GBps * 1e9 / weight_bytes if ctx.ceilings else None
-        for graphs in (True, False) if ctx.device.type == "cuda" else (False,):
-            r = decode_rate(model, s["decode_tokens"], cuda_graphs=graphs)
-            print(f"  {name} batch-1 decode, cuda graphs {graphs}: {r}", flush=True)
-            decode_rows.append({"model": name, "mode": "cuda-graphs" if graphs else "eager",
+        for mode in DECODE_MODES if ctx.device.type == "cuda" else ("eager",):
+            r = decode_rate(model, s["decode_tokens"], mode)
+            print(f"  {name} batch-1 decode, {mode}: {r}", flush=True)
+            decode_rows.append({"model": name, "mode": mode,
                                 "weight_MB": weight_bytes / 1e6, **r, "roofline_tok_per_s": roofline,
                                 "of_roofline": None if roofline is None else r["tok_per_s"] / roofline})  # fmt: skip
         del hf
@@ -226,7 +231,7 @@ def bench(ctx: BenchContext) -> None:
         benchmark="decode",
         columns=[
             param("model"),
-            param("mode", "decode steps under CUDA graphs or eager"),
+            param("mode", "CUDA graphs (steps overlapped with the host's work, or not) or eager"),
             metric("weight_MB", "MB"),
             metric("tok_per_s", "tokens/s", "through the engine: schedule, forward, sample"),
             metric("replay_tok_per_s", "tokens/s", "the batch-1 CUDA graph replayed alone (GPU time only)"),

@@ -34,6 +34,11 @@ class Sequence:
     num_preemptions: int = 0
     stop_strings: tuple[str, ...] = ()  # text that ends the request once the output contains it
     detokenize: Callable[[list[int]], str] | None = None  # for stop_strings
+    # Tokens sampled on the device but not read back yet (the engine reads a step's greedy tokens while the
+    # GPU runs the next step): they count as tokens of the sequence, but are not in `output`. The newest one
+    # is row `sampled_row` of the model runner's `sampled` buffer, where the next step's forward reads it.
+    num_pending: int = 0
+    sampled_row: int = -1
 
     @property
     def tokens(self) -> list[int]:
@@ -50,6 +55,11 @@ class Sequence:
 
     @property
     def num_tokens(self) -> int:
+        return len(self.prompt) + len(self.output) + self.num_pending
+
+    @property
+    def num_known(self) -> int:
+        """Tokens whose ids the host has: the prompt and the output read so far."""
         return len(self.prompt) + len(self.output)
 
     @property
