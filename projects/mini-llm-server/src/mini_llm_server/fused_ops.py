@@ -17,17 +17,37 @@ import triton
 import triton.language as tl
 
 
+def finished(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """A projection's output as one (M, N) tensor of `dtype`: split-K partials (S, M, N) from gemv.py summed,
+    as F.linear would round it; a finished output as it is."""
+    return t.sum(0).to(dtype) if t.dim() == 3 else t
+
+
 @triton.jit
-def _add_rmsnorm_kernel(X, R, W, OUT, RES_OUT, stride_x, stride_r, stride_o, stride_ro, N, eps,
-                        HAS_RESIDUAL: tl.constexpr, BLOCK: tl.constexpr):  # fmt: skip
+def _projection(ptrs, mask, stride_split, SPLITS: tl.constexpr, DT: tl.constexpr):
+    """A projection's output at `ptrs`: a finished activation (SPLITS = 1), or the sum of SPLITS fp32 partial
+    sums stride_split apart (gemv.py), rounded to the activation dtype DT as F.linear rounds its output."""
+    x = tl.load(ptrs, mask=mask, other=0.0).to(tl.float32)
+    for s in tl.static_range(1, SPLITS):
+        x += tl.load(ptrs + s * stride_split, mask=mask, other=0.0).to(tl.float32)
+    return x.to(DT)
+
+
+def _layout(t: torch.Tensor) -> tuple[int, int, int]:
+    """(splits, stride between splits, stride between rows) of a projection's output or its partials."""
+    return (t.shape[0], t.stride(0), t.stride(1)) if t.dim() == 3 else (1, 0, t.stride(0))
+
+
+@triton.jit
+def _add_rmsnorm_kernel(X, R, W, OUT, RES_OUT, stride_x, stride_r, stride_rs, stride_o, stride_ro, N, eps,
+                        HAS_RESIDUAL: tl.constexpr, R_SPLITS: tl.constexpr, BLOCK: tl.constexpr):  # fmt: skip
     row = tl.program_id(0)
     cols = tl.arange(0, BLOCK)
     mask = cols < N
     x = tl.load(X + row * stride_x + cols, mask=mask, other=0.0)
     if HAS_RESIDUAL:
-        x = (x.to(tl.float32) + tl.load(R + row * stride_r + cols, mask=mask, other=0.0).to(tl.float32)).to(
-            RES_OUT.dtype.element_ty
-        )
+        r = _projection(R + row * stride_r + cols, mask, stride_rs, R_SPLITS, RES_OUT.dtype.element_ty)
+        x = (x.to(tl.float32) + r.to(tl.float32)).to(RES_OUT.dtype.element_ty)
         tl.store(RES_OUT + row * stride_ro + cols, x, mask=mask)
     xf = x.to(tl.float32)
     y = (xf * tl.math.rsqrt(tl.sum(xf * xf, 0) / N + eps)).to(OUT.dtype.element_ty)
@@ -36,12 +56,13 @@ def _add_rmsnorm_kernel(X, R, W, OUT, RES_OUT, stride_x, stride_r, stride_o, str
 
 
 @triton.jit
-def _silu_mul_kernel(GU, OUT, stride_gu, stride_o, F, BLOCK: tl.constexpr):
+def _silu_mul_kernel(GU, OUT, stride_gu, stride_gus, stride_o, F, GU_SPLITS: tl.constexpr, BLOCK: tl.constexpr):
     row, block = tl.program_id(0), tl.program_id(1)
     cols = block * BLOCK + tl.arange(0, BLOCK)
     mask = cols < F
-    g = tl.load(GU + row * stride_gu + cols, mask=mask, other=0.0).to(tl.float32)
-    u = tl.load(GU + row * stride_gu + F + cols, mask=mask, other=0.0)
+    dt = OUT.dtype.element_ty
+    g = _projection(GU + row * stride_gu + 2 * cols, mask, stride_gus, GU_SPLITS, dt).to(tl.float32)
+    u = _projection(GU + row * stride_gu + 2 * cols + 1, mask, stride_gus, GU_SPLITS, dt)
     # torch's silu rounds to the activation dtype, then the product rounds again
     silu = (g / (1.0 + tl.exp(-g))).to(OUT.dtype.element_ty)
     tl.store(OUT + row * stride_o + cols, (silu.to(tl.float32) * u.to(tl.float32)).to(OUT.dtype.element_ty),
@@ -50,17 +71,18 @@ def _silu_mul_kernel(GU, OUT, stride_gu, stride_o, F, BLOCK: tl.constexpr):
 
 @triton.jit
 def _rope_cache_kernel(QKV, COS, SIN, SLOTS, Q_OUT, K_CACHE, V_CACHE,
-                       stride_qkv, stride_cs, stride_qn, stride_qh, stride_ks, stride_kh, stride_vs, stride_vh,
-                       H, KV, HALF: tl.constexpr):  # fmt: skip
+                       stride_qkv, stride_qkvs, stride_cs, stride_qn, stride_qh, stride_ks, stride_kh, stride_vs,
+                       stride_vh, H, KV, HALF: tl.constexpr, QKV_SPLITS: tl.constexpr):  # fmt: skip
     n, h = tl.program_id(0), tl.program_id(1)  # h: a query head (< H) or a KV head (H + j)
     offs = tl.arange(0, HALF)
     c1 = tl.load(COS + n * stride_cs + offs).to(tl.float32)
     c2 = tl.load(COS + n * stride_cs + HALF + offs).to(tl.float32)
     s1 = tl.load(SIN + n * stride_cs + offs).to(tl.float32)
     s2 = tl.load(SIN + n * stride_cs + HALF + offs).to(tl.float32)
-    x1 = tl.load(QKV + n * stride_qkv + h * 2 * HALF + offs).to(tl.float32)
-    x2 = tl.load(QKV + n * stride_qkv + h * 2 * HALF + HALF + offs).to(tl.float32)
     dt = Q_OUT.dtype.element_ty
+    head = QKV + n * stride_qkv + h * 2 * HALF
+    x1 = _projection(head + offs, offs < HALF, stride_qkvs, QKV_SPLITS, dt).to(tl.float32)
+    x2 = _projection(head + HALF + offs, offs < HALF, stride_qkvs, QKV_SPLITS, dt).to(tl.float32)
     # x * cos + rotate_half(x) * sin, rotate_half(x) = (-x2, x1), each product rounded as torch rounds it
     o1 = ((x1 * c1).to(dt).to(tl.float32) + (-x2 * s1).to(dt).to(tl.float32)).to(dt)
     o2 = ((x2 * c2).to(dt).to(tl.float32) + (x1 * s2).to(dt).to(tl.float32)).to(dt)
@@ -73,7 +95,7 @@ def _rope_cache_kernel(QKV, COS, SIN, SLOTS, Q_OUT, K_CACHE, V_CACHE,
         tl.store(K_CACHE + slot * stride_ks + j * stride_kh + offs, o1)
         tl.store(K_CACHE + slot * stride_ks + j * stride_kh + HALF + offs, o2)
         d = tl.arange(0, 2 * HALF)
-        v = tl.load(QKV + n * stride_qkv + (H + KV + j) * 2 * HALF + d)
+        v = _projection(QKV + n * stride_qkv + (H + KV + j) * 2 * HALF + d, d < 2 * HALF, stride_qkvs, QKV_SPLITS, dt)
         tl.store(V_CACHE + slot * stride_vs + j * stride_vh + d, v)
 
 
@@ -87,30 +109,36 @@ def rope_and_cache(
     num_heads: int,
     use_triton: bool,
 ) -> torch.Tensor:
-    """qkv (N, (H + 2K) D) from the fused projection, cos/sin (N, D): rotates Q and K, writes K and V to
-    their cache slots (k_cache, v_cache: (slots, K, D) views of one layer's pool), returns Q (N, H, D)."""
-    N, KV, D = qkv.shape[0], k_cache.shape[1], k_cache.shape[2]
+    """qkv (N, (H + 2K) D) from the fused projection (or its split-K partials, (S, N, (H + 2K) D)), cos/sin
+    (N, D): rotates Q and K, writes K and V to their cache slots (k_cache, v_cache: (slots, K, D) views of one
+    layer's pool), returns Q (N, H, D)."""
+    N, KV, D = qkv.shape[-2], k_cache.shape[1], k_cache.shape[2]
     H = num_heads
     if not use_triton:
+        qkv = finished(qkv, k_cache.dtype)
         from tinyllm.model import apply_rope
 
         q, k, v = qkv.split([H * D, KV * D, KV * D], dim=-1)
         k_cache[slots] = apply_rope(k.view(-1, KV, D), cos[:, None], sin[:, None])
         v_cache[slots] = v.view(-1, KV, D)
         return apply_rope(q.view(-1, H, D), cos[:, None], sin[:, None])
-    q = qkv.new_empty(N, H, D)
-    _rope_cache_kernel[(N, H + KV)](qkv, cos, sin, slots, q, k_cache, v_cache, qkv.stride(0), cos.stride(0),
-                                    q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1),
-                                    v_cache.stride(0), v_cache.stride(1), H, KV, HALF=D // 2)  # fmt: skip
+    q = k_cache.new_empty(N, H, D)
+    splits, stride_split, stride_row = _layout(qkv)
+    _rope_cache_kernel[(N, H + KV)](qkv, cos, sin, slots, q, k_cache, v_cache, stride_row, stride_split,
+                                    cos.stride(0), q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1),
+                                    v_cache.stride(0), v_cache.stride(1), H, KV, HALF=D // 2,
+                                    QKV_SPLITS=splits)  # fmt: skip
     return q
 
 
 def add_rmsnorm(
     x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tensor, eps: float, use_triton: bool
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(x + residual, rmsnorm(x + residual) * weight) for (N, C) rows; without a residual, (x, norm(x))."""
+    """(x + residual, rmsnorm(x + residual) * weight) for (N, C) rows; without a residual, (x, norm(x)). The
+    residual may be a projection's split-K partials (S, N, C)."""
     if not use_triton:
         if residual is not None:
+            residual = finished(residual, x.dtype)
             x = x + residual
         xf = x.float()
         return x, weight * (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
@@ -118,18 +146,25 @@ def add_rmsnorm(
     out = torch.empty_like(x)
     res_out = torch.empty_like(x) if residual is not None else x
     r = residual if residual is not None else x
-    _add_rmsnorm_kernel[(N,)](x, r, weight, out, res_out, x.stride(0), r.stride(0), out.stride(0), res_out.stride(0),
-                              C, eps, HAS_RESIDUAL=residual is not None, BLOCK=triton.next_power_of_2(C))  # fmt: skip
+    splits, stride_split, stride_row = _layout(r)
+    _add_rmsnorm_kernel[(N,)](x, r, weight, out, res_out, x.stride(0), stride_row, stride_split, out.stride(0),
+                              res_out.stride(0), C, eps, HAS_RESIDUAL=residual is not None, R_SPLITS=splits,
+                              BLOCK=triton.next_power_of_2(C))  # fmt: skip
     return res_out, out
 
 
-def silu_mul(gate_up: torch.Tensor, use_triton: bool) -> torch.Tensor:
-    """silu(gate) * up, where gate_up (N, 2F) holds gate in its first F columns and up in its last F."""
-    F = gate_up.shape[1] // 2
+def silu_mul(gate_up: torch.Tensor, use_triton: bool, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """silu(gate) * up, where gate_up (N, 2F) holds gate and up interleaved (gate j in column 2j, up j in
+    2j + 1: the runner's fused weight, laid out so that the GEMV's epilogue can pair them, gemv.py); or the
+    split-K partials of that projection (S, N, 2F), with `dtype` the activations' (the output's) dtype."""
+    dtype = dtype or gate_up.dtype
+    N, F = gate_up.shape[-2], gate_up.shape[-1] // 2
     if not use_triton:
-        return torch.nn.functional.silu(gate_up[:, :F]) * gate_up[:, F:]
-    out = gate_up.new_empty(gate_up.shape[0], F)
+        gate_up = finished(gate_up, dtype)
+        return torch.nn.functional.silu(gate_up[:, 0::2]) * gate_up[:, 1::2]
+    out = torch.empty(N, F, device=gate_up.device, dtype=dtype)
     block = 1024
-    _silu_mul_kernel[(gate_up.shape[0], triton.cdiv(F, block))](gate_up, out, gate_up.stride(0), out.stride(0), F,
-                                                               BLOCK=block)  # fmt: skip
+    splits, stride_split, stride_row = _layout(gate_up)
+    _silu_mul_kernel[(N, triton.cdiv(F, block))](gate_up, out, stride_row, stride_split, out.stride(0), F,
+                                                 GU_SPLITS=splits, BLOCK=block)  # fmt: skip
     return out

@@ -15,12 +15,12 @@ from __future__ import annotations
 import time
 
 import torch
-import torch.nn.functional as F
 from tinyllm.model import Transformer, sdpa_attention
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from mini_llm_server.cuda_graphs import DecodeGraphs, MixedGraphs
-from mini_llm_server.fused_ops import add_rmsnorm, rope_and_cache, silu_mul
+from mini_llm_server.fused_ops import add_rmsnorm, rope_and_cache
+from mini_llm_server.gemv import project, project_swiglu
 from mini_llm_server.paged_attention import paged_varlen_attention, tokens_per_tile
 from mini_llm_server.scheduler import ScheduledSeq
 from mini_llm_server.step_inputs import step_inputs
@@ -70,7 +70,10 @@ class ModelRunner:
         # one matmul for Q/K/V and one for gate/up per layer (copies of the model's weights, made once)
         self.qkv_weight = [torch.cat([lay.self_attn.q_proj.weight, lay.self_attn.k_proj.weight,
                                       lay.self_attn.v_proj.weight]) for lay in model.layers]  # fmt: skip
-        self.gate_up_weight = [torch.cat([lay.mlp.gate_proj.weight, lay.mlp.up_proj.weight]) for lay in model.layers]
+        # gate and up interleaved by rows (gate j in row 2j, up j in 2j + 1), so that one block of output columns
+        # holds whole pairs (gemv.py)
+        self.gate_up_weight = [torch.stack([lay.mlp.gate_proj.weight, lay.mlp.up_proj.weight], 1).flatten(0, 1)
+                               for lay in model.layers]  # fmt: skip
         self.tokens_per_tile = tokens_per_tile(cfg.n_heads, cfg.n_kv_heads)
         # Greedy tokens sampled on the device (sample_greedy): the next step's forward reads its input tokens
         # from here, so the host can launch it before it has read them. Two host buffers, used in turn: a
@@ -160,10 +163,12 @@ class ModelRunner:
         x, h = add_rmsnorm(x, None, layers[0].input_layernorm.weight, eps, fused)
         for i, layer in enumerate(layers):
             k_cache, v_cache = self.k_cache[i].view(-1, K, D), self.v_cache[i].view(-1, K, D)
-            q = rope_and_cache(F.linear(h, self.qkv_weight[i]), cos, sin, slots, k_cache, v_cache, H, fused)
-            attn_out = layer.self_attn.o_proj(attend(i, q).reshape(-1, H * D))
+            # project(): split-K partials for a few half-precision rows, summed by the fused kernel that reads them
+            q = rope_and_cache(project(h, self.qkv_weight[i], fused), cos, sin, slots, k_cache, v_cache, H, fused)
+            attn_out = project(attend(i, q).reshape(-1, H * D), layer.self_attn.o_proj.weight, fused)
             x, h = add_rmsnorm(x, attn_out, layer.post_attention_layernorm.weight, eps, fused)
-            mlp_out = layer.mlp.down_proj(silu_mul(F.linear(h, self.gate_up_weight[i]), fused))
+            act = project_swiglu(h, self.gate_up_weight[i], fused)
+            mlp_out = project(act, layer.mlp.down_proj.weight, fused)
             following = layers[i + 1].input_layernorm.weight if i + 1 < len(layers) else model.norm.weight
             x, h = add_rmsnorm(x, mlp_out, following, eps, fused)
         return h
