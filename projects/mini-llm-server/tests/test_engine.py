@@ -374,15 +374,17 @@ def test_engine_on_gpu_with_the_paged_kernel_matches_one_at_a_time(model, cuda_g
 @pytest.mark.gpu
 def test_bf16_fast_path_follows_the_fp32_model():
     """The GPU fast path in bf16 (split-K GEMVs, the SwiGLU epilogue, fused kernels, CUDA graphs, overlapped
-    steps) against the fp32 model: the logits of every step, at every sampled position, within bf16's error.
-    ffn_dim 4224: the gate/up projection is wide enough to run unsplit, through its SwiGLU epilogue."""
+    steps) against the fp32 model: the logits of every step, at every sampled position, no further from it
+    than the model itself run in bf16 by torch is (twice that, at most). ffn_dim 4224: the gate/up projection is
+    wide enough to run unsplit, through its SwiGLU epilogue."""
     import copy
 
     torch.manual_seed(0)
     cfg = ModelConfig(vocab_size=512, dim=256, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=4224, max_seq_len=256)
     ref = Transformer(cfg).cuda().eval()
     ref.reset_parameters(std=0.1)
-    engine = LLMEngine(copy.deepcopy(ref).bfloat16(), EngineConfig(num_blocks=64, block_size=16, max_num_seqs=4))
+    half = copy.deepcopy(ref).bfloat16()
+    engine = LLMEngine(half, EngineConfig(num_blocks=64, block_size=16, max_num_seqs=4))
     assert engine.runner.decode_graphs.graphs
     recorded, execute = [], engine.runner.execute
 
