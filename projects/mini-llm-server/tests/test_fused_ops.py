@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from mini_llm_server.fused_ops import add_rmsnorm, rope_and_cache, silu_mul
+from mini_llm_server.fused_ops import add_rmsnorm, embed, rope_and_cache, silu_mul
 
 
 def _check(device, dtype, atol):
@@ -18,16 +18,24 @@ def _check(device, dtype, atol):
     torch.testing.assert_close(silu_mul(gate_up, True), silu_mul(gate_up, False), atol=atol, rtol=atol)
     H, KV, D, N = 4, 2, 32, 6
     qkv = torch.randn(N, (H + 2 * KV) * D, generator=g).to(device, dtype)
-    angles = torch.rand(N, D // 2, generator=g) * 50
+    angles = torch.rand(20, D // 2, generator=g) * 50  # a table of 20 positions, read at each token's
     cos, sin = (f(torch.cat([angles, angles], -1)).to(device, dtype) for f in (torch.cos, torch.sin))
+    positions = torch.tensor([19, 3, 0, 3, 11, 7], device=device)
     slots = torch.tensor([7, 0, 3, 12, 5, 9], device=device)
     caches = []
     for use_triton in (True, False):
         k_cache, v_cache = (torch.full((16, KV, D), float("nan"), device=device, dtype=dtype) for _ in range(2))
-        q = rope_and_cache(qkv, cos, sin, slots, k_cache, v_cache, H, use_triton)
+        q = rope_and_cache(qkv, cos, sin, positions, slots, k_cache, v_cache, H, use_triton)
         caches.append((q, k_cache, v_cache))
     for a, b in zip(*caches, strict=True):  # the same Q, and the same slots written (NaN elsewhere in both)
         torch.testing.assert_close(a, b, atol=atol, rtol=atol, equal_nan=True)
+    table = torch.randn(50, 96, generator=g).to(device, dtype)
+    tokens = torch.tensor([4, 0, 49, 7], device=device)
+    feeds, sampled = torch.tensor([-1, 2, -1, 0], device=device), torch.tensor([31, 9, 12], device=device)
+    want = table[torch.tensor([4, 12, 49, 31], device=device)]  # rows 1 and 3 read the sampled tokens
+    for use_triton in (True, False):
+        assert torch.equal(embed(tokens, feeds, sampled, table, use_triton), want)
+        assert torch.equal(embed(tokens, None, sampled, table, use_triton), table[tokens])
 
 
 def test_fused_kernels_match_torch_on_cpu():

@@ -52,7 +52,8 @@ def test_consumers_sum_partials_like_a_finished_projection(dtype, atol):
     outs = []
     for projection in (qkv, finished(qkv, dtype)):
         k_cache, v_cache = (torch.full((16, KV, D), float("nan"), dtype=dtype) for _ in range(2))
-        outs.append((rope_and_cache(projection, cos, sin, slots, k_cache, v_cache, H, True), k_cache, v_cache))
+        q = rope_and_cache(projection, cos, sin, torch.arange(N), slots, k_cache, v_cache, H, True)
+        outs.append((q, k_cache, v_cache))
     for a, b in zip(*outs, strict=True):
         torch.testing.assert_close(a, b, atol=atol, rtol=atol, equal_nan=True)
 

@@ -142,7 +142,7 @@ class DecodeGraphs:
         def attend(layer: int, q: torch.Tensor) -> torch.Tensor:
             return paged_decode_attention(q, r.k_cache[layer], r.v_cache[layer], self.tables[:G], lens, scale)
 
-        return r.model.lm_head(r.forward(tokens, positions, slots, attend, feeds))
+        return r.lm_head(r.forward(tokens, positions, slots, attend, feeds))
 
     @torch.no_grad()
     def run(self, batch: list[ScheduledSeq]) -> torch.Tensor:
@@ -208,7 +208,7 @@ class MixedGraphs:
             return paged_varlen_attention(q, r.k_cache[layer], r.v_cache[layer], self.tables[:S], q_starts, q_lens,
                                           ctx_lens, self.tiles[0, :T], self.tiles[1, :T], scale)  # fmt: skip
 
-        return r.model.lm_head(r.forward(tokens, positions, slots, attend, feeds)[self.ends[:S]])
+        return r.lm_head(r.forward(tokens, positions, slots, attend, feeds)[self.ends[:S]])
 
     @torch.no_grad()
     def run(self, batch: list[ScheduledSeq]) -> torch.Tensor:

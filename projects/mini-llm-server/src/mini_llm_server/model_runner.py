@@ -19,7 +19,7 @@ from tinyllm.model import Transformer, sdpa_attention
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from mini_llm_server.cuda_graphs import DecodeGraphs, MixedGraphs
-from mini_llm_server.fused_ops import add_rmsnorm, rope_and_cache
+from mini_llm_server.fused_ops import add_rmsnorm, embed, finished, rope_and_cache
 from mini_llm_server.gemv import project, project_swiglu
 from mini_llm_server.paged_attention import paged_varlen_attention, tokens_per_tile
 from mini_llm_server.scheduler import ScheduledSeq
@@ -75,6 +75,9 @@ class ModelRunner:
         self.gate_up_weight = [torch.stack([lay.mlp.gate_proj.weight, lay.mlp.up_proj.weight], 1).flatten(0, 1)
                                for lay in model.layers]  # fmt: skip
         self.tokens_per_tile = tokens_per_tile(cfg.n_heads, cfg.n_kv_heads)
+        # rotary cos/sin of every position, computed once as the model computes them per call (a step reads
+        # its tokens' rows instead of running the half-dozen kernels that make them)
+        self.cos, self.sin = model.rotary(torch.arange(cfg.max_seq_len, device=p.device), p.dtype)
         # Greedy tokens sampled on the device (sample_greedy): the next step's forward reads its input tokens
         # from here, so the host can launch it before it has read them. Two host buffers, used in turn: a
         # step's tokens are read while the next step's copy may already be landing.
@@ -143,7 +146,7 @@ class ModelRunner:
         self.prepare_seconds += time.perf_counter() - t0
         with sdpa_kernel(PREFILL_BACKENDS):
             h = self.forward(tokens, positions, slots, attend, feeds)
-        return self.model.lm_head(h[ends])
+        return self.lm_head(h[ends])
 
     def forward(
         self, tokens: torch.Tensor, positions: torch.Tensor, slots: torch.Tensor, attend, feeds=None
@@ -156,15 +159,13 @@ class ModelRunner:
         model, cfg, fused = self.model, self.model.cfg, self.paged_kernel
         layers, eps = model.layers, model.norm.eps
         H, K, D = cfg.n_heads, cfg.n_kv_heads, cfg.hd
-        if feeds is not None:
-            tokens = torch.where(feeds >= 0, self.sampled[feeds.clamp(min=0)], tokens)
-        x = model.embed_tokens(tokens)  # (N, C)
-        cos, sin = model.rotary(positions, x.dtype)  # (N, D)
+        x = embed(tokens, feeds, self.sampled, model.embed_tokens.weight, fused)  # (N, C)
         x, h = add_rmsnorm(x, None, layers[0].input_layernorm.weight, eps, fused)
         for i, layer in enumerate(layers):
             k_cache, v_cache = self.k_cache[i].view(-1, K, D), self.v_cache[i].view(-1, K, D)
             # project(): split-K partials for a few half-precision rows, summed by the fused kernel that reads them
-            q = rope_and_cache(project(h, self.qkv_weight[i], fused), cos, sin, slots, k_cache, v_cache, H, fused)
+            qkv = project(h, self.qkv_weight[i], fused)
+            q = rope_and_cache(qkv, self.cos, self.sin, positions, slots, k_cache, v_cache, H, fused)
             attn_out = project(attend(i, q).reshape(-1, H * D), layer.self_attn.o_proj.weight, fused)
             x, h = add_rmsnorm(x, attn_out, layer.post_attention_layernorm.weight, eps, fused)
             act = project_swiglu(h, self.gate_up_weight[i], fused)
@@ -174,6 +175,14 @@ class ModelRunner:
         return h
 
     # end-excerpt
+
+    def lm_head(self, h: torch.Tensor) -> torch.Tensor:
+        """Logits of final hidden states: for a few half-precision rows through the GEMV (fp32 logits, read
+        straight from its one split where it needs no more), else the model's lm_head."""
+        logits = project(h, self.model.lm_head.weight, self.paged_kernel)
+        if logits.dim() == 2:
+            return logits
+        return logits[0] if logits.shape[0] == 1 else finished(logits, torch.float32)
 
     def _to_device(self, values: list[int], dtype: torch.dtype = torch.long) -> torch.Tensor:
         # non_blocking: a blocking host-to-device copy synchronises the stream, so the host would wait for

@@ -31,6 +31,9 @@ import triton.language as tl
 
 LOG2E = 1.4426950408889634
 TILE = 64  # cached positions per loop iteration, gathered from as many blocks as they span
+# the decode kernel's: at batch 1 it has only as many programs as KV heads, so fewer, longer iterations
+# (on the H100, 4 KV heads at 272 positions: 5.8 us against 6.5 with 64-position tiles)
+DECODE_TILE, DECODE_STAGES = 128, 2
 VARLEN_ROWS = 64  # rows (new tokens x query heads of a group) per program of the varlen kernel
 
 
@@ -135,7 +138,7 @@ def paged_decode_attention(
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), block_tables.stride(0),
         out.stride(0), out.stride(1), scale * LOG2E,
         GROUP=group, GROUP_PAD=max(16, triton.next_power_of_2(group)), BLOCK_SIZE=block_size, HEAD_DIM=D,
-        TILE=TILE, PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
+        TILE=DECODE_TILE, PRECISION="ieee" if q.dtype == torch.float32 else "tf32", num_stages=DECODE_STAGES,
     )  # fmt: skip
     return out
 
