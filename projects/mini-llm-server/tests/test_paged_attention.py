@@ -3,9 +3,11 @@ interpreter, set up by the root conftest; on a GPU compiled)."""
 
 import pytest
 import torch
+from mini_llm_server.fused_ops import rope_and_cache
 from mini_llm_server.paged_attention import (
     max_varlen_tiles,
     paged_decode_attention,
+    paged_decode_attention_rope,
     paged_varlen_attention,
     tokens_per_tile,
     varlen_tiles,
@@ -40,6 +42,41 @@ def test_paged_decode_matches_contiguous_attention(H, K, block_size):
         v = v_cache[blocks].reshape(-1, K, D)[:L].transpose(0, 1)[None]
         ref = sdpa_attention(q[n][None, :, None], k, v, causal=True, scale=0.2)[0, :, 0]
         torch.testing.assert_close(got[n].cpu(), ref, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("splits", [0, 3], ids=["finished", "partials"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
+def test_decode_with_rope_equals_rope_then_decode(splits, dtype):
+    """The decode kernel that rotates q/k and writes the new K/V itself against rope_and_cache then the plain
+    decode kernel: the same output and the same cache, for new tokens at positions 0 (nothing cached), 4
+    and 16 of sequences over scattered blocks, from a finished projection or its split-K partials."""
+    g = torch.Generator().manual_seed(splits + 7)
+    H, K, D, bs, num_blocks, lens = 6, 2, 32, 4, 24, [1, 5, 17]
+    tables = torch.randperm(num_blocks, generator=g)[:15].view(3, 5).to(torch.int32)
+    positions = torch.tensor([n - 1 for n in lens])
+    slots = torch.stack([tables[i, p // bs].long() * bs + p % bs for i, p in enumerate(positions.tolist())])
+    width = (H + 2 * K) * D
+    qkv = torch.randn(splits, 3, width, generator=g) if splits else torch.randn(3, width, generator=g).to(dtype)
+    angles = torch.rand(32, D // 2, generator=g) * 30
+    cos, sin = (f(torch.cat([angles, angles], -1)).to(dtype) for f in (torch.cos, torch.sin))
+    base = [torch.randn(num_blocks, bs, K, D, generator=g).to(dtype) for _ in range(2)]
+    to = dict(device=DEVICE)
+    results = []
+    for fused in (True, False):
+        k_cache, v_cache = (c.clone().to(**to) for c in base)
+        args = [t.to(**to) for t in (qkv, cos, sin, positions, slots)]
+        lengths = torch.tensor(lens, dtype=torch.int32, device=DEVICE)
+        if fused:
+            out = paged_decode_attention_rope(*args, k_cache, v_cache, tables.to(**to), lengths, H, 0.3)
+        else:
+            q = rope_and_cache(*args, k_cache.view(-1, K, D), v_cache.view(-1, K, D), H, True)
+            out = paged_decode_attention(q, k_cache, v_cache, tables.to(**to), lengths, 0.3)
+        results.append((out, k_cache, v_cache))
+    tol = 1e-5 if dtype == torch.float32 else 2e-3
+    for a, b in zip(*results, strict=True):
+        torch.testing.assert_close(a, b, atol=tol, rtol=tol)
+    with pytest.raises(ValueError, match="not \\(6 \\+ 2 x 2\\) heads"):
+        paged_decode_attention_rope(qkv[..., :-1], cos, sin, positions, slots, *base, tables, lengths.cpu(), H, 0.3)
 
 
 def test_bad_shapes_are_named():

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from mini_llm_server.paged_attention import max_varlen_tiles, paged_decode_attention, paged_varlen_attention
+from mini_llm_server.paged_attention import max_varlen_tiles, paged_decode_attention_rope, paged_varlen_attention
 from mini_llm_server.step_inputs import input_tokens, step_inputs
 
 if TYPE_CHECKING:
@@ -139,10 +139,11 @@ class DecodeGraphs:
         tokens, feeds, positions, slots, lens = self.meta[:, :G]
         scale = r.model.cfg.hd**-0.5
 
-        def attend(layer: int, q: torch.Tensor) -> torch.Tensor:
-            return paged_decode_attention(q, r.k_cache[layer], r.v_cache[layer], self.tables[:G], lens, scale)
+        def attend(layer: int, qkv: torch.Tensor) -> torch.Tensor:
+            return paged_decode_attention_rope(qkv, r.cos, r.sin, positions, slots, r.k_cache[layer], r.v_cache[layer],
+                                               self.tables[:G], lens, r.model.cfg.n_heads, scale)  # fmt: skip
 
-        return r.lm_head(r.forward(tokens, positions, slots, attend, feeds))
+        return r.model.lm_head(r.forward(tokens, attend, feeds))
 
     @torch.no_grad()
     def run(self, batch: list[ScheduledSeq]) -> torch.Tensor:
@@ -204,11 +205,12 @@ class MixedGraphs:
         q_starts, q_lens, ctx_lens = self.seq_meta[:, :S]
         scale = r.model.cfg.hd**-0.5
 
-        def attend(layer: int, q: torch.Tensor) -> torch.Tensor:
+        def attend(layer: int, qkv: torch.Tensor) -> torch.Tensor:
+            q = r.rope_and_cache(layer, qkv, positions, slots)
             return paged_varlen_attention(q, r.k_cache[layer], r.v_cache[layer], self.tables[:S], q_starts, q_lens,
                                           ctx_lens, self.tiles[0, :T], self.tiles[1, :T], scale)  # fmt: skip
 
-        return r.lm_head(r.forward(tokens, positions, slots, attend, feeds)[self.ends[:S]])
+        return r.model.lm_head(r.forward(tokens, attend, feeds)[self.ends[:S]])
 
     @torch.no_grad()
     def run(self, batch: list[ScheduledSeq]) -> torch.Tensor:

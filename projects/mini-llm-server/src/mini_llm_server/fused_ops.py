@@ -24,7 +24,7 @@ def finished(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 
 
 @triton.jit
-def _projection(ptrs, mask, stride_split, SPLITS: tl.constexpr, DT: tl.constexpr):
+def load_projection(ptrs, mask, stride_split, SPLITS: tl.constexpr, DT: tl.constexpr):
     """A projection's output at `ptrs`: a finished activation (SPLITS = 1), or the sum of SPLITS fp32 partial
     sums stride_split apart (gemv.py), rounded to the activation dtype DT as F.linear rounds its output."""
     x = tl.load(ptrs, mask=mask, other=0.0).to(tl.float32)
@@ -74,7 +74,7 @@ def _add_rmsnorm_kernel(X, R, W, OUT, RES_OUT, stride_x, stride_r, stride_rs, st
     mask = cols < N
     x = tl.load(X + row * stride_x + cols, mask=mask, other=0.0)
     if HAS_RESIDUAL:
-        r = _projection(R + row * stride_r + cols, mask, stride_rs, R_SPLITS, RES_OUT.dtype.element_ty)
+        r = load_projection(R + row * stride_r + cols, mask, stride_rs, R_SPLITS, RES_OUT.dtype.element_ty)
         x = (x.to(tl.float32) + r.to(tl.float32)).to(RES_OUT.dtype.element_ty)
         tl.store(RES_OUT + row * stride_ro + cols, x, mask=mask)
     xf = x.to(tl.float32)
@@ -89,8 +89,8 @@ def _silu_mul_kernel(GU, OUT, stride_gu, stride_gus, stride_o, F, GU_SPLITS: tl.
     cols = block * BLOCK + tl.arange(0, BLOCK)
     mask = cols < F
     dt = OUT.dtype.element_ty
-    g = _projection(GU + row * stride_gu + 2 * cols, mask, stride_gus, GU_SPLITS, dt).to(tl.float32)
-    u = _projection(GU + row * stride_gu + 2 * cols + 1, mask, stride_gus, GU_SPLITS, dt)
+    g = load_projection(GU + row * stride_gu + 2 * cols, mask, stride_gus, GU_SPLITS, dt).to(tl.float32)
+    u = load_projection(GU + row * stride_gu + 2 * cols + 1, mask, stride_gus, GU_SPLITS, dt)
     # torch's silu rounds to the activation dtype, then the product rounds again
     silu = (g / (1.0 + tl.exp(-g))).to(OUT.dtype.element_ty)
     tl.store(OUT + row * stride_o + cols, (silu.to(tl.float32) * u.to(tl.float32)).to(OUT.dtype.element_ty),
@@ -110,8 +110,8 @@ def _rope_cache_kernel(QKV, COS, SIN, POS, SLOTS, Q_OUT, K_CACHE, V_CACHE,
     s2 = tl.load(SIN + pos * stride_cs + HALF + offs).to(tl.float32)
     dt = Q_OUT.dtype.element_ty
     head = QKV + n * stride_qkv + h * 2 * HALF
-    x1 = _projection(head + offs, offs < HALF, stride_qkvs, QKV_SPLITS, dt).to(tl.float32)
-    x2 = _projection(head + HALF + offs, offs < HALF, stride_qkvs, QKV_SPLITS, dt).to(tl.float32)
+    x1 = load_projection(head + offs, offs < HALF, stride_qkvs, QKV_SPLITS, dt).to(tl.float32)
+    x2 = load_projection(head + HALF + offs, offs < HALF, stride_qkvs, QKV_SPLITS, dt).to(tl.float32)
     # x * cos + rotate_half(x) * sin, rotate_half(x) = (-x2, x1), each product rounded as torch rounds it
     o1 = ((x1 * c1).to(dt).to(tl.float32) + (-x2 * s1).to(dt).to(tl.float32)).to(dt)
     o2 = ((x2 * c2).to(dt).to(tl.float32) + (x1 * s2).to(dt).to(tl.float32)).to(dt)
@@ -124,7 +124,9 @@ def _rope_cache_kernel(QKV, COS, SIN, POS, SLOTS, Q_OUT, K_CACHE, V_CACHE,
         tl.store(K_CACHE + slot * stride_ks + j * stride_kh + offs, o1)
         tl.store(K_CACHE + slot * stride_ks + j * stride_kh + HALF + offs, o2)
         d = tl.arange(0, 2 * HALF)
-        v = _projection(QKV + n * stride_qkv + (H + KV + j) * 2 * HALF + d, d < 2 * HALF, stride_qkvs, QKV_SPLITS, dt)
+        v = load_projection(
+            QKV + n * stride_qkv + (H + KV + j) * 2 * HALF + d, d < 2 * HALF, stride_qkvs, QKV_SPLITS, dt
+        )
         tl.store(V_CACHE + slot * stride_vs + j * stride_vh + d, v)
 
 

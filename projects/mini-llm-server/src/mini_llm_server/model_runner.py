@@ -19,7 +19,7 @@ from tinyllm.model import Transformer, sdpa_attention
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from mini_llm_server.cuda_graphs import DecodeGraphs, MixedGraphs
-from mini_llm_server.fused_ops import add_rmsnorm, embed, finished, rope_and_cache
+from mini_llm_server.fused_ops import add_rmsnorm, embed, rope_and_cache
 from mini_llm_server.gemv import project, project_swiglu
 from mini_llm_server.paged_attention import paged_varlen_attention, tokens_per_tile
 from mini_llm_server.scheduler import ScheduledSeq
@@ -134,39 +134,46 @@ class ModelRunner:
             tiles = [self._to_device(v, i32) for v in (inputs.tile_seqs, inputs.tile_firsts)]
             scale = self.model.cfg.hd**-0.5
 
-            def attend(i: int, q: torch.Tensor) -> torch.Tensor:
+            def attend(i: int, qkv: torch.Tensor) -> torch.Tensor:
+                q = self.rope_and_cache(i, qkv, positions, slots)
                 return paged_varlen_attention(q, self.k_cache[i], self.v_cache[i], tables, *meta, *tiles, scale)
         else:
             # every sequence's cache slots 0 .. start + num_tokens - 1, made once per step, not once per layer
             history = [self._to_device(self._slots(it, 0)) for it in batch]
 
-            def attend(i: int, q: torch.Tensor) -> torch.Tensor:
-                return self._attention(i, q, batch, history)
+            def attend(i: int, qkv: torch.Tensor) -> torch.Tensor:
+                return self._attention(i, self.rope_and_cache(i, qkv, positions, slots), batch, history)
 
         self.prepare_seconds += time.perf_counter() - t0
         with sdpa_kernel(PREFILL_BACKENDS):
-            h = self.forward(tokens, positions, slots, attend, feeds)
-        return self.lm_head(h[ends])
+            h = self.forward(tokens, attend, feeds)
+        return self.model.lm_head(h[ends])
 
-    def forward(
-        self, tokens: torch.Tensor, positions: torch.Tensor, slots: torch.Tensor, attend, feeds=None
-    ) -> torch.Tensor:
-        """The layers over N packed tokens: writes each token's K/V to its cache slot, attends through
-        `attend(layer, q) -> (N, H, D)`, returns the final normalised hidden states (N, C). A token whose
-        `feeds` entry is a row r >= 0 is not in `tokens` but in `sampled[r]`, where the last step put it.
-        Each residual add is fused with the RMSNorm after it, Q/K/V and gate/up are one matmul each, rotary
-        embedding and the cache write one kernel (fused_ops.py; with the paged kernel, else the same math in torch)."""
+    def rope_and_cache(self, layer: int, qkv: torch.Tensor, positions: torch.Tensor, slots: torch.Tensor):
+        """Q (N, H, D) of a QKV projection's output, rotated; K rotated and V written to their cache slots."""
+        cfg = self.model.cfg
+        k_cache = self.k_cache[layer].view(-1, cfg.n_kv_heads, cfg.hd)
+        v_cache = self.v_cache[layer].view(-1, cfg.n_kv_heads, cfg.hd)
+        return rope_and_cache(qkv, self.cos, self.sin, positions, slots, k_cache, v_cache, cfg.n_heads,
+                              self.paged_kernel)  # fmt: skip
+
+    def forward(self, tokens: torch.Tensor, attend, feeds=None) -> torch.Tensor:
+        """The layers over N packed tokens; returns the final normalised hidden states (N, C). Attention is
+        `attend(layer, qkv) -> (N, H, D)`: given the QKV projection's output, it applies the rotary embedding,
+        writes each token's K/V to its cache slot and attends (rope_and_cache then an attention kernel, or
+        one kernel that does all three). A token whose `feeds` entry is a row r >= 0 is not in `tokens` but
+        in `sampled[r]`, where the last step put it. Each residual add is fused with the RMSNorm after it,
+        Q/K/V and gate/up are one matmul each (fused_ops.py, gemv.py; with the paged kernel, else the same
+        math in torch)."""
         model, cfg, fused = self.model, self.model.cfg, self.paged_kernel
         layers, eps = model.layers, model.norm.eps
-        H, K, D = cfg.n_heads, cfg.n_kv_heads, cfg.hd
+        H, D = cfg.n_heads, cfg.hd
         x = embed(tokens, feeds, self.sampled, model.embed_tokens.weight, fused)  # (N, C)
         x, h = add_rmsnorm(x, None, layers[0].input_layernorm.weight, eps, fused)
         for i, layer in enumerate(layers):
-            k_cache, v_cache = self.k_cache[i].view(-1, K, D), self.v_cache[i].view(-1, K, D)
             # project(): split-K partials for a few half-precision rows, summed by the fused kernel that reads them
             qkv = project(h, self.qkv_weight[i], fused)
-            q = rope_and_cache(qkv, self.cos, self.sin, positions, slots, k_cache, v_cache, H, fused)
-            attn_out = project(attend(i, q).reshape(-1, H * D), layer.self_attn.o_proj.weight, fused)
+            attn_out = project(attend(i, qkv).reshape(-1, H * D), layer.self_attn.o_proj.weight, fused)
             x, h = add_rmsnorm(x, attn_out, layer.post_attention_layernorm.weight, eps, fused)
             act = project_swiglu(h, self.gate_up_weight[i], fused)
             mlp_out = project(act, layer.mlp.down_proj.weight, fused)
@@ -175,14 +182,6 @@ class ModelRunner:
         return h
 
     # end-excerpt
-
-    def lm_head(self, h: torch.Tensor) -> torch.Tensor:
-        """Logits of final hidden states: for a few half-precision rows through the GEMV (fp32 logits, read
-        straight from its one split where it needs no more), else the model's lm_head."""
-        logits = project(h, self.model.lm_head.weight, self.paged_kernel)
-        if logits.dim() == 2:
-            return logits
-        return logits[0] if logits.shape[0] == 1 else finished(logits, torch.float32)
 
     def _to_device(self, values: list[int], dtype: torch.dtype = torch.long) -> torch.Tensor:
         # non_blocking: a blocking host-to-device copy synchronises the stream, so the host would wait for

@@ -29,6 +29,8 @@ import torch
 import triton
 import triton.language as tl
 
+from mini_llm_server.fused_ops import load_projection
+
 LOG2E = 1.4426950408889634
 TILE = 64  # cached positions per loop iteration, gathered from as many blocks as they span
 # the decode kernel's: at batch 1 it has only as many programs as KV heads, so fewer, longer iterations
@@ -44,7 +46,8 @@ def _attend_paged(
 ):  # fmt: skip
     """Attention of q's rows (ROWS, HEAD_DIM) over one sequence's cached positions 0 .. end - 1 of one KV
     head, row i seeing positions up to q_pos[i], streamed TILE positions at a time with the online softmax
-    (base 2). TABLE points at the sequence's block table, K and V at the KV head in the caches."""
+    (base 2). TABLE points at the sequence's block table, K and V at the KV head in the caches. Returns the
+    unnormalised state: (acc (ROWS, HEAD_DIM), running max (ROWS,), denominator (ROWS,))."""
     offs_t = tl.arange(0, TILE)
     offs_d = tl.arange(0, HEAD_DIM)
     m = tl.full([ROWS], float("-inf"), dtype=tl.float32)
@@ -69,7 +72,7 @@ def _attend_paged(
                     other=0.0)  # fmt: skip
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
         m = m_new
-    return acc / denom[:, None]
+    return acc, m, denom
 
 
 @triton.jit
@@ -88,11 +91,11 @@ def _paged_decode_kernel(
     in_group = offs_g < GROUP
     q = tl.load(Q + n * stride_qn + heads[:, None] * stride_qh + offs_d[None, :], mask=in_group[:, None], other=0.0)
     q_pos = tl.full([GROUP_PAD], 0, dtype=tl.int32) + seq_len - 1  # the new token sees every cached position
-    out = _attend_paged(q, q_pos, seq_len, BLOCK_TABLES + n * stride_bt, K_CACHE + hk * stride_kh,
-                        V_CACHE + hk * stride_vh, stride_kb, stride_ks, stride_vb, stride_vs, scale_log2,
-                        GROUP_PAD, BLOCK_SIZE, HEAD_DIM, TILE, PRECISION)  # fmt: skip
-    tl.store(OUT + n * stride_on + heads[:, None] * stride_oh + offs_d[None, :], out.to(OUT.dtype.element_ty),
-             mask=in_group[:, None])  # fmt: skip
+    acc, _, denom = _attend_paged(q, q_pos, seq_len, BLOCK_TABLES + n * stride_bt, K_CACHE + hk * stride_kh,
+                                  V_CACHE + hk * stride_vh, stride_kb, stride_ks, stride_vb, stride_vs, scale_log2,
+                                  GROUP_PAD, BLOCK_SIZE, HEAD_DIM, TILE, PRECISION)  # fmt: skip
+    tl.store(OUT + n * stride_on + heads[:, None] * stride_oh + offs_d[None, :],
+             (acc / denom[:, None]).to(OUT.dtype.element_ty), mask=in_group[:, None])  # fmt: skip
 
 
 def _check_shapes(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor) -> tuple[int, int, int, int, int]:
@@ -144,6 +147,106 @@ def paged_decode_attention(
 
 
 @triton.jit
+def _rotated(ptrs, partner_ptrs, mask, sign, cos, sin, stride_split, SPLITS: tl.constexpr, DT: tl.constexpr):
+    """Rotary embedding of a projection's rows: x * cos + rotate_half(x) * sin, rotate_half(x) read as the
+    partner element (d + D/2 mod D) with `sign`; each product rounded to DT as fused_ops' rope kernel does."""
+    x = load_projection(ptrs, mask, stride_split, SPLITS, DT).to(tl.float32)
+    partner = load_projection(partner_ptrs, mask, stride_split, SPLITS, DT).to(tl.float32)
+    return ((x * cos).to(DT).to(tl.float32) + (sign * partner * sin).to(DT).to(tl.float32)).to(DT)
+
+
+@triton.jit
+def _paged_decode_rope_kernel(
+    QKV, COS, SIN, POSITIONS, SLOTS, K_CACHE, V_CACHE, BLOCK_TABLES, SEQ_LENS, OUT,
+    stride_qkvs, stride_qkvn, stride_cs, stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh,
+    stride_bt, stride_on, stride_oh, scale_log2, H, KV,
+    QKV_SPLITS: tl.constexpr, GROUP: tl.constexpr, GROUP_PAD: tl.constexpr, BLOCK_SIZE: tl.constexpr,
+    HEAD_DIM: tl.constexpr, TILE: tl.constexpr, PRECISION: tl.constexpr,
+):  # fmt: skip
+    n, hk = tl.program_id(0), tl.program_id(1)
+    dt = OUT.dtype.element_ty
+    seq_len = tl.load(SEQ_LENS + n)
+    pos = tl.load(POSITIONS + n).to(tl.int64)
+    slot = tl.load(SLOTS + n).to(tl.int64)
+    offs_g = tl.arange(0, GROUP_PAD)
+    offs_d = tl.arange(0, HEAD_DIM)
+    partner = (offs_d + HEAD_DIM // 2) % HEAD_DIM
+    sign = tl.where(offs_d < HEAD_DIM // 2, -1.0, 1.0)
+    cos = tl.load(COS + pos * stride_cs + offs_d).to(tl.float32)
+    sin = tl.load(SIN + pos * stride_cs + offs_d).to(tl.float32)
+    row = QKV + n * stride_qkvn
+    heads = hk * GROUP + offs_g
+    in_group = offs_g < GROUP
+    q_rows = row + heads[:, None] * HEAD_DIM
+    q = _rotated(q_rows + offs_d[None, :], q_rows + partner[None, :], in_group[:, None], sign[None, :],
+                 cos[None, :], sin[None, :], stride_qkvs, QKV_SPLITS, dt)  # fmt: skip
+    k_row, v_row = row + (H + hk) * HEAD_DIM, row + (H + KV + hk) * HEAD_DIM
+    always = offs_d < HEAD_DIM
+    k = _rotated(k_row + offs_d, k_row + partner, always, sign, cos, sin, stride_qkvs, QKV_SPLITS, dt)
+    v = load_projection(v_row + offs_d, always, stride_qkvs, QKV_SPLITS, dt)
+    block, within = slot // BLOCK_SIZE, slot % BLOCK_SIZE
+    tl.store(K_CACHE + block * stride_kb + within * stride_ks + hk * stride_kh + offs_d, k)
+    tl.store(V_CACHE + block * stride_vb + within * stride_vs + hk * stride_vh + offs_d, v)
+    # the cached positions before this one, then the new token from registers (not read back from the cache)
+    q_pos = tl.full([GROUP_PAD], 0, dtype=tl.int32) + seq_len - 1
+    acc, m, denom = _attend_paged(q, q_pos, seq_len - 1, BLOCK_TABLES + n * stride_bt, K_CACHE + hk * stride_kh,
+                                  V_CACHE + hk * stride_vh, stride_kb, stride_ks, stride_vb, stride_vs, scale_log2,
+                                  GROUP_PAD, BLOCK_SIZE, HEAD_DIM, TILE, PRECISION)  # fmt: skip
+    s = tl.sum(q.to(tl.float32) * k.to(tl.float32)[None, :], 1) * scale_log2
+    m_new = tl.maximum(m, s)
+    alpha = tl.math.exp2(m - m_new)
+    p = tl.math.exp2(s - m_new)
+    denom = denom * alpha + p
+    acc = acc * alpha[:, None] + p.to(dt).to(tl.float32)[:, None] * v.to(tl.float32)[None, :]
+    tl.store(OUT + n * stride_on + heads[:, None] * stride_oh + offs_d[None, :], (acc / denom[:, None]).to(dt),
+             mask=in_group[:, None])  # fmt: skip
+
+
+def paged_decode_attention_rope(
+    qkv: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    positions: torch.Tensor,
+    slots: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    block_tables: torch.Tensor,
+    seq_lens: torch.Tensor,
+    num_heads: int,
+    scale: float,
+) -> torch.Tensor:
+    """Decode attention that finishes the QKV projection first, in the same kernel (one launch per layer
+    fewer than fused_ops.rope_and_cache then paged_decode_attention): rotates q and the new k (cos/sin tables
+    read at positions[n]), writes k and v to cache slot slots[n], and attends over the sequence's
+    seq_lens[n] - 1 cached positions plus the new token. qkv (N, (H + 2K) D) in the cache's dtype, or the
+    projection's split-K fp32 partials (S, N, (H + 2K) D). Returns (N, H, D)."""
+    N, D, (_, block_size, K, _) = qkv.shape[-2], k_cache.shape[-1], k_cache.shape
+    H = num_heads
+    _check_shapes(k_cache.new_empty(0, H, D), k_cache, v_cache)
+    if qkv.shape[-1] != (H + 2 * K) * D or qkv.stride(-1) != 1:
+        raise ValueError(f"paged attention: qkv {tuple(qkv.shape)} is not ({H} + 2 x {K}) heads of {D}, contiguous")
+    if block_tables.shape[0] != N or seq_lens.shape != (N,) or positions.shape != (N,) or slots.shape != (N,):
+        raise ValueError(f"paged attention: {N} queries, {block_tables.shape[0]} block tables, {seq_lens.shape[0]} "
+                         f"lengths, {positions.shape[0]} positions, {slots.shape[0]} slots")  # fmt: skip
+    out = k_cache.new_empty(N, H, D)
+    if N == 0:
+        return out
+    splits, stride_split, stride_row = (
+        (qkv.shape[0], qkv.stride(0), qkv.stride(1)) if qkv.dim() == 3 else (1, 0, qkv.stride(0))
+    )
+    _paged_decode_rope_kernel[(N, K)](
+        qkv, cos, sin, positions, slots, k_cache, v_cache, block_tables, seq_lens, out,
+        stride_split, stride_row, cos.stride(0), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
+        v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), block_tables.stride(0),
+        out.stride(0), out.stride(1), scale * LOG2E, H, K,
+        QKV_SPLITS=splits, GROUP=H // K, GROUP_PAD=max(16, triton.next_power_of_2(H // K)), BLOCK_SIZE=block_size,
+        HEAD_DIM=D, TILE=DECODE_TILE, PRECISION="ieee" if out.dtype == torch.float32 else "tf32",
+        num_stages=DECODE_STAGES,
+    )  # fmt: skip
+    return out
+
+
+@triton.jit
 def _paged_varlen_kernel(
     Q, K_CACHE, V_CACHE, BLOCK_TABLES, TILE_SEQ, TILE_FIRST, Q_STARTS, Q_LENS, CTX_LENS, OUT,
     stride_qn, stride_qh, stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh, stride_bt,
@@ -167,11 +270,11 @@ def _paged_varlen_kernel(
     q = tl.load(Q + (q_start + token)[:, None] * stride_qn + heads[:, None] * stride_qh + offs_d[None, :],
                 mask=live[:, None], other=0.0)  # fmt: skip
     end = tl.minimum(ctx_len, ctx_len - q_len + first + ROWS // GROUP_PAD)  # past the tile's last position
-    out = _attend_paged(q, q_pos, end, BLOCK_TABLES + n * stride_bt, K_CACHE + hk * stride_kh,
-                        V_CACHE + hk * stride_vh, stride_kb, stride_ks, stride_vb, stride_vs, scale_log2,
-                        ROWS, BLOCK_SIZE, HEAD_DIM, TILE, PRECISION)  # fmt: skip
+    acc, _, denom = _attend_paged(q, q_pos, end, BLOCK_TABLES + n * stride_bt, K_CACHE + hk * stride_kh,
+                                  V_CACHE + hk * stride_vh, stride_kb, stride_ks, stride_vb, stride_vs, scale_log2,
+                                  ROWS, BLOCK_SIZE, HEAD_DIM, TILE, PRECISION)  # fmt: skip
     tl.store(OUT + (q_start + token)[:, None] * stride_on + heads[:, None] * stride_oh + offs_d[None, :],
-             out.to(OUT.dtype.element_ty), mask=live[:, None])  # fmt: skip
+             (acc / denom[:, None]).to(OUT.dtype.element_ty), mask=live[:, None])  # fmt: skip
 
 
 def group_pad(num_heads: int, num_kv_heads: int) -> int:
