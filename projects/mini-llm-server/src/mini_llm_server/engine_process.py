@@ -8,7 +8,9 @@ new tokens with a snapshot of the waiting queue and free blocks for admission co
 
 Ids are the parent's: an add is acknowledged (or refused with the engine's ValueError) before that
 request's first output, since the pipe keeps order. Only new tokens cross the pipe; the parent keeps each
-request's output so far.
+request's output so far, and a stream takes every token that has arrived since it last looked: one that
+fell behind the engine (its HTTP side busy with other streams) catches up in one output, one server-sent
+event, instead of paying the per-event cost once per step it missed.
 """
 
 from __future__ import annotations
@@ -34,6 +36,32 @@ def copy_of(model: Transformer, tokenizer: Tokenizer | None) -> tuple[Transforme
     """A factory (with functools.partial) for a model this process already holds: it is pickled across, so
     for small models (tests, CPU); a large one is better built by the engine process itself."""
     return model, tokenizer
+
+
+class _Outputs:
+    """One request's tokens on the parent side, how many its stream has taken, and the stream's waiter."""
+
+    __slots__ = ("rid", "tokens", "taken", "finished", "reason", "waiter")
+
+    def __init__(self, rid: int) -> None:
+        self.rid, self.tokens, self.taken = rid, [], 0
+        self.finished, self.reason = False, None
+        self.waiter: asyncio.Future | None = None
+
+    def add(self, new: list[int], finished: bool, reason: str | None) -> None:  # on the streams' event loop
+        self.tokens.extend(new)
+        if finished:
+            self.finished, self.reason = True, reason
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_result(None)
+
+    async def next(self) -> RequestOutput:
+        """Every token since the last call (waiting for one), or the end."""
+        while self.taken == len(self.tokens) and not self.finished:
+            self.waiter = asyncio.get_running_loop().create_future()
+            await self.waiter
+        new, self.taken = self.tokens[self.taken :], len(self.tokens)
+        return RequestOutput(self.rid, new, list(self.tokens), self.finished, self.reason)
 
 
 def _queue_state(engine: LLMEngine) -> dict:
@@ -102,8 +130,7 @@ class EngineProcess:
         self._send_lock = threading.Lock()
         self._ids = itertools.count()
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._queues: dict[int, asyncio.Queue[RequestOutput]] = {}
-        self._outputs: dict[int, list[int]] = {}
+        self._streams: dict[int, _Outputs] = {}
         self._replies: dict[int, asyncio.Future] = {}  # pending adds and metrics, by id
         self._arriving: list[int] = []
         self._closed = False
@@ -147,15 +174,13 @@ class EngineProcess:
 
     def _deliver(self, batch: list) -> None:  # on the streams' event loop
         for rid, new, finished, reason in batch:
-            so_far, queue = self._outputs.get(rid), self._queues.get(rid)
-            if so_far is None or queue is None:
-                continue
-            so_far.extend(new)
-            queue.put_nowait(RequestOutput(rid, new, list(so_far), finished, reason))
+            outputs = self._streams.get(rid)
+            if outputs is not None:
+                outputs.add(new, finished, reason)
 
     def _fail_all(self) -> None:  # on the streams' event loop
-        for rid, queue in self._queues.items():
-            queue.put_nowait(RequestOutput(rid, [], list(self._outputs.get(rid, [])), True, "engine-exited"))
+        for outputs in self._streams.values():
+            outputs.add([], True, "engine-exited")
         for future in list(self._replies.values()):
             if not future.done():
                 future.set_exception(RuntimeError("the engine process exited"))
@@ -187,14 +212,13 @@ class EngineProcess:
         """Outputs of one request as they are produced; the last one has finished=True. Stop strings are
         matched with the engine process's own tokenizer (`detokenize` is not sent across)."""
         self._loop = asyncio.get_running_loop()  # the loop the streams' outputs are delivered on
-        queue: asyncio.Queue[RequestOutput] = asyncio.Queue()
         self._arriving.append(len(prompt))
-        rid = None
+        rid, outputs = None, None
 
         def add(i: int) -> tuple:
-            nonlocal rid
-            rid = i
-            self._queues[i], self._outputs[i] = queue, []  # before the add is sent: outputs may follow at once
+            nonlocal rid, outputs
+            rid, outputs = i, _Outputs(i)
+            self._streams[i] = outputs  # before the add is sent: outputs may follow at once
             return ("add", i, list(prompt), params, priority, timeout, tuple(stop))
 
         try:
@@ -207,7 +231,7 @@ class EngineProcess:
         finished = False
         try:
             while not finished:
-                out = await queue.get()
+                out = await outputs.next()
                 finished = out.finished
                 yield out
         finally:
@@ -216,8 +240,7 @@ class EngineProcess:
                 self._send(("abort", rid))
 
     def _forget(self, rid: int | None) -> None:
-        self._queues.pop(rid, None)
-        self._outputs.pop(rid, None)
+        self._streams.pop(rid, None)
 
     def close(self) -> None:
         """Stop the engine process (its device memory goes with it)."""
