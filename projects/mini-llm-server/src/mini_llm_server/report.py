@@ -135,6 +135,38 @@ def _hf_model(model: Transformer, device: torch.device):
 DECODE_MODES = {"cuda-graphs": {}, "cuda-graphs, no overlap": {"overlap_steps": False}, "eager": {"cuda_graphs": False}}
 
 
+# kernel families of the batch-1 decode forward, by a substring of the kernel's name
+KERNEL_FAMILIES = {"_gemv": "split-K GEMV (Q/K/V, O, gate/up with SwiGLU, down)",
+                   "_paged_decode": "decode attention (with rotary and the cache write)",
+                   "_add_rmsnorm": "residual add + RMSNorm", "_embed": "embedding"}  # fmt: skip
+
+
+def kernel_profile(graphs, repeats: int = 5) -> list[dict]:
+    """GPU time per decode step by kernel family: the batch-1 graph's forward run eagerly under the profiler
+    (the same kernels the graph replays, at the last step's context), summed per family."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with torch.no_grad():
+        graphs._forward(1)
+        torch.cuda.synchronize()
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            for _ in range(repeats):
+                graphs._forward(1)
+            torch.cuda.synchronize()
+    families: dict[str, list[float]] = {}
+    for e in prof.events():
+        if e.device_type.name != "CUDA":
+            continue
+        name = next((f for key, f in KERNEL_FAMILIES.items() if key in e.name), None)
+        if name is None:  # cuBLAS's LM head, or torch's own
+            name = "LM head (cuBLAS)" if "nvjet" in e.name or "gemm" in e.name else "other"
+        calls_us = families.setdefault(name, [0, 0.0])
+        calls_us[0] += 1
+        calls_us[1] += e.device_time_total
+    return [{"kernel": k, "calls_per_step": n / repeats, "us_per_step": us / repeats}
+            for k, (n, us) in sorted(families.items(), key=lambda kv: -kv[1][1])]  # fmt: skip
+
+
 def decode_rate(model: Transformer, tokens: int, mode: str) -> dict:
     """Batch-1 decode through the engine: tokens/s from the first sampled token to the last, and, under CUDA
     graphs, the rate of the batch-1 graph replayed alone (the GPU's share of a step, without the host's)."""
@@ -155,9 +187,10 @@ def decode_rate(model: Transformer, tokens: int, mode: str) -> dict:
     if graphs is not None and 1 in graphs.graphs:
         timing = TimingConfig(warmup=3, repeats=50, prime_cycles_per_call=2_000_000)  # a graph launch is host work too
         replay = 1.0 / time_gpu(graphs.graphs[1].replay, config=timing).median
+    kernels = kernel_profile(graphs) if replay is not None and mode == "cuda-graphs" else []
     del engine, graphs
     release_memory(device)
-    return {"tok_per_s": rate, "replay_tok_per_s": replay}
+    return {"tok_per_s": rate, "replay_tok_per_s": replay, "kernels": kernels}
 
 
 def _run_system(system: str, model: Transformer, hf, batch: int, reqs) -> dict:
@@ -175,7 +208,7 @@ def _log(model: str, system: str, batch: int, r: dict) -> None:
 
 def bench(ctx: BenchContext) -> None:
     s = scale_settings(ctx.scale)
-    rows, decode_rows = [], []
+    rows, decode_rows, kernel_rows = [], [], []
     models = _models(ctx, s)
     for name, model in ctx.progress(models.items(), "models"):
         # HF generate is host-bound and slow: it runs once per scale, on the first model (the issue's shape)
@@ -200,6 +233,7 @@ def bench(ctx: BenchContext) -> None:
         roofline = ctx.ceilings.copy_GBps * 1e9 / weight_bytes if ctx.ceilings else None
         for mode in DECODE_MODES if ctx.device.type == "cuda" else ("eager",):
             r = decode_rate(model, s["decode_tokens"], mode)
+            kernel_rows += [{"model": name, **k} for k in r.pop("kernels")]
             print(f"  {name} batch-1 decode, {mode}: {r}", flush=True)
             decode_rows.append({"model": name, "mode": mode,
                                 "weight_MB": weight_bytes / 1e6, **r, "roofline_tok_per_s": roofline,
@@ -245,6 +279,22 @@ def bench(ctx: BenchContext) -> None:
         notes="Batch-1 decode through the engine, wall clock from the first sampled token to the last; "
         "replay_tok_per_s from CUDA events around replays of the batch-1 graph.",
     )
+    if kernel_rows:
+        ctx.record(
+            benchmark="decode_kernels",
+            columns=[
+                param("model"),
+                param("kernel", "family"),
+                metric("calls_per_step", "count"),
+                metric("us_per_step", "us", "summed kernel time in one batch-1 decode step"),
+            ],  # fmt: skip
+            rows=kernel_rows,
+            config={"prompt_tokens": 16, "context": 16 + s["decode_tokens"]},
+            timing=TimingConfig(warmup=1, repeats=5),
+            method="torch.profiler (CUPTI kernel times) over the batch-1 graph's forward run eagerly",
+            notes="Kernel time only: the gaps between kernels (each kernel's launch and drain inside the graph) "
+            "are the graph's replay time less the sum.",
+        )
 
 
 def headline(results: ResultSet) -> list[str]:
