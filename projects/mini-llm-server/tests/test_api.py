@@ -320,3 +320,32 @@ def test_a_stream_left_open_past_close_ends_quietly(parts):
 
     asyncio.run(go())
     assert async_engine.engine.runner is None
+
+
+def test_metrics_count_every_streamed_token(parts):
+    """The per-token series (a lock-free collector) against what three streamed requests produced."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    model, tok = parts
+    server, thread, url = serve_in_thread(
+        create_app(
+            AsyncEngine(LLMEngine(model, EngineConfig(num_blocks=64, block_size=8))),
+            tok,
+            ServiceConfig(model_name="test"),
+        )  # fmt: skip
+    )
+    try:
+        body = {"model": "test", "prompt": "hello world", "max_tokens": 12, "temperature": 0, "stream": True}
+        for _ in range(3):
+            with httpx.stream("POST", url + "/v1/completions", json=body) as r:
+                assert r.status_code == 200 and r.read().endswith(b"data: [DONE]\n\n")
+        families = {f.name: f for f in text_string_to_metric_families(httpx.get(url + "/metrics").text)}
+    finally:
+        server.should_exit = True
+        thread.join(timeout=5)
+    assert families["mini_llm_generated_tokens"].samples[0].value == 36
+    for name, count in (("mini_llm_time_to_first_token_seconds", 3), ("mini_llm_inter_token_latency_seconds", 33)):
+        samples = {(s.name, s.labels.get("le")): s.value for s in families[name].samples}
+        assert samples[(name + "_count", None)] == samples[(name + "_bucket", "+Inf")] == count
+        buckets = [v for (n, le), v in samples.items() if n.endswith("_bucket")]
+        assert buckets == sorted(buckets) and samples[(name + "_sum", None)] > 0

@@ -10,6 +10,8 @@ generator, which aborts the request and frees its blocks before the next engine 
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import json
 import sys
 import threading
@@ -24,7 +26,8 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from jinja2.exceptions import TemplateError
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
 from pydantic import BaseModel, Field
 from tinyllm.sampling import SamplingParams
 from tinyllm.tokenizer import Tokenizer
@@ -91,6 +94,41 @@ def _error(status: int, message: str, param: str | None = None, headers: dict | 
     return JSONResponse(body, status_code=status, headers=headers)
 
 
+class LoopHistogram:
+    """A histogram written only from the event loop's thread, so without prometheus_client's lock per sample
+    (its Histogram and Counter take three locked increments per streamed token); exported at scrape time."""
+
+    def __init__(self, name: str, doc: str, bounds: tuple[float, ...]) -> None:
+        self.name, self.doc, self.bounds = name, doc, bounds
+        self.counts = [0] * (len(bounds) + 1)  # the last: above every bound
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect.bisect_left(self.bounds, value)] += 1  # le: the first bound >= value
+        self.sum += value
+
+    def family(self) -> HistogramMetricFamily:
+        cumulative = list(itertools.accumulate(self.counts))
+        buckets = [(str(b), c) for b, c in zip((*self.bounds, "+Inf"), cumulative, strict=True)]
+        return HistogramMetricFamily(self.name, self.doc, buckets=buckets, sum_value=self.sum)
+
+
+class StreamStats:
+    """The per-token series (tokens generated, TTFT, inter-token latency) as a collector of plain numbers."""
+
+    def __init__(self) -> None:
+        self.tokens = 0
+        self.ttft = LoopHistogram("mini_llm_time_to_first_token_seconds", "TTFT",
+                                  (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))  # fmt: skip
+        self.itl = LoopHistogram("mini_llm_inter_token_latency_seconds", "time between tokens",
+                                 (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1))  # fmt: skip
+
+    def collect(self):
+        yield CounterMetricFamily("mini_llm_generated_tokens", "tokens generated", value=self.tokens)
+        yield self.ttft.family()
+        yield self.itl.family()
+
+
 class Metrics:
     """Prometheus series, in a registry of their own (no process-global state)."""
 
@@ -102,12 +140,9 @@ class Metrics:
         self.kv_free = Gauge("mini_llm_kv_blocks_free", "KV blocks allocatable", registry=r)
         self.kv_fragmentation = Gauge("mini_llm_kv_fragmentation", "held KV slots not holding a token", registry=r)
         self.preemptions = Gauge("mini_llm_preemptions", "preemptions since start", registry=r)
-        self.tokens = Counter("mini_llm_generated_tokens", "tokens generated", registry=r)
         self.rejected = Counter("mini_llm_rejected_requests", "requests refused with 429", registry=r)
-        self.ttft = Histogram("mini_llm_time_to_first_token_seconds", "TTFT", registry=r,
-                              buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))  # fmt: skip
-        self.itl = Histogram("mini_llm_inter_token_latency_seconds", "time between tokens", registry=r,
-                             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1))  # fmt: skip
+        self.streams = StreamStats()
+        r.register(self.streams)
 
 
 def create_app(
@@ -126,6 +161,7 @@ def create_app(
 
     app = FastAPI(title="mini-llm-server", lifespan=lifespan)
     metrics = Metrics()
+    stats = metrics.streams
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError):
@@ -195,11 +231,11 @@ def create_app(
         while True:
             now = time.perf_counter()
             if out.new_tokens:
-                metrics.tokens.inc(len(out.new_tokens))
+                stats.tokens += len(out.new_tokens)
                 if t_last is None:
-                    metrics.ttft.observe(now - t_start)
+                    stats.ttft.observe(now - t_start)
                 else:
-                    metrics.itl.observe(now - t_last)
+                    stats.itl.observe(now - t_last)
                 t_last = now
             if out.finished:
                 # the engine ended it on a stop string (or stop token): the text stops before the string
@@ -258,7 +294,8 @@ def create_app(
                 item, last_check = first, time.perf_counter()
                 while True:
                     delta, reason, count = item
-                    yield f"data: {head}{json.dumps(delta)}{middle}{json.dumps(reason)}{tail}\n\n"
+                    finish = "null" if reason is None else json.dumps(reason)
+                    yield f"data: {head}{json.dumps(delta)}{middle}{finish}{tail}\n\n"
                     if reason is not None:
                         if req.stream_options is not None and req.stream_options.include_usage:
                             usage = {"prompt_tokens": len(ids), "completion_tokens": count,

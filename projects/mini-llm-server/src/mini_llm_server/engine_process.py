@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import itertools
 import multiprocessing
+import sys
 import threading
 from collections.abc import AsyncIterator, Callable, Sequence
 
@@ -30,6 +31,10 @@ from mini_llm_server.config import EngineConfig
 from mini_llm_server.engine import LLMEngine, RequestOutput
 
 ModelFactory = Callable[[], tuple[Transformer, Tokenizer | None]]
+# The pipe's reader thread needs the interpreter lock to unpickle a step's outputs; while the event loop is
+# busy writing streams (CPU-bound, its socket writes do not release the lock) the thread waits for the
+# interpreter's switch interval, 5 ms by default, which is three decode steps of every stream's tokens.
+PIPE_SWITCH_INTERVAL_S = 0.0005
 
 
 def copy_of(model: Transformer, tokenizer: Tokenizer | None) -> tuple[Transformer, Tokenizer | None]:
@@ -134,6 +139,8 @@ class EngineProcess:
         self._replies: dict[int, asyncio.Future] = {}  # pending adds and metrics, by id
         self._arriving: list[int] = []
         self._closed = False
+        # process-wide: this process's other threads switch as often (a documented cost of serving this way)
+        sys.setswitchinterval(min(sys.getswitchinterval(), PIPE_SWITCH_INTERVAL_S))
         self._reader = threading.Thread(target=self._read, name="engine-pipe", daemon=True)
         self._reader.start()
 
