@@ -29,7 +29,7 @@ import torch
 import triton
 import triton.language as tl
 
-from mini_llm_server.fused_ops import load_projection
+from mini_llm_server.fused_ops import load_projection, split_layout
 
 LOG2E = 1.4426950408889634
 TILE = 64  # cached positions per loop iteration, gathered from as many blocks as they span
@@ -231,9 +231,7 @@ def paged_decode_attention_rope(
     out = k_cache.new_empty(N, H, D)
     if N == 0:
         return out
-    splits, stride_split, stride_row = (
-        (qkv.shape[0], qkv.stride(0), qkv.stride(1)) if qkv.dim() == 3 else (1, 0, qkv.stride(0))
-    )
+    splits, stride_split, stride_row = split_layout(qkv)
     _paged_decode_rope_kernel[(N, K)](
         qkv, cos, sin, positions, slots, k_cache, v_cache, block_tables, seq_lens, out,
         stride_split, stride_row, cos.stride(0), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
