@@ -204,8 +204,9 @@ class LLMEngine:
             self.in_flight = launched
         else:
             live = [seq for seq in sampling if not seq.finished]
-            rows = [i for i, seq in enumerate(sampling) if not seq.finished]
-            for seq, token in zip(live, self._sample(logits[rows], live), strict=True):
+            if len(live) < len(sampling):  # ended by the token just read: their rows are dropped
+                logits = logits[[i for i, seq in enumerate(sampling) if not seq.finished]]
+            for seq, token in zip(live, self._sample(logits, live), strict=True):
                 self._append(seq, token, outputs)
         t3 = time.perf_counter()
         times = (t1 - t0, prepare, t2 - t1 - prepare, t3 - t2)
