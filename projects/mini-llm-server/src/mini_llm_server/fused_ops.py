@@ -6,7 +6,10 @@ layer, plus the residual adds and SwiGLU's two. Here the residual add and the fo
 kernel that writes both the new residual stream and the normalised activations; silu(gate) * up is
 one kernel over the fused gate/up projection's output; and rotary embedding of Q and K plus the write of
 K and V into their cache slots is one kernel over the fused QKV projection's output (in torch: a dozen
-kernels and two scatters). Rounding follows the reference model step by step (each product and sum is
+kernels and two scatters). Each of them reads a projection's output either finished or as gemv.py's split-K
+partials, which it sums (load_projection); the rotary and SwiGLU math is shared with the kernels that fold it
+into attention and the gate/up GEMV (rotated, swiglu). The embedding kernel takes a token still on the
+device where the step says so. Rounding follows the reference model step by step (each product and sum is
 rounded to the activation dtype where torch rounds it), so outputs match it, not merely approximately.
 """
 
@@ -31,6 +34,24 @@ def load_projection(ptrs, mask, stride_split, SPLITS: tl.constexpr, DT: tl.const
     for s in tl.static_range(1, SPLITS):
         x += tl.load(ptrs + s * stride_split, mask=mask, other=0.0).to(tl.float32)
     return x.to(DT)
+
+
+@triton.jit
+def rotated(ptrs, partner_ptrs, mask, sign, cos, sin, stride_split, SPLITS: tl.constexpr, DT: tl.constexpr):
+    """Rotary embedding of a projection's rows: x * cos + rotate_half(x) * sin, where rotate_half(x)[d] is the
+    partner element (d + D/2 mod D) times `sign` (-1 in the first half); each product rounded to DT as
+    torch rounds it."""
+    x = load_projection(ptrs, mask, stride_split, SPLITS, DT).to(tl.float32)
+    partner = load_projection(partner_ptrs, mask, stride_split, SPLITS, DT).to(tl.float32)
+    return ((x * cos).to(DT).to(tl.float32) + (sign * partner * sin).to(DT).to(tl.float32)).to(DT)
+
+
+@triton.jit
+def swiglu(gate, up, DT: tl.constexpr):
+    """silu(gate) * up from fp32 projections, rounded as torch rounds F.linear's outputs, silu, the product."""
+    gate = gate.to(DT).to(tl.float32)
+    silu = (gate / (1.0 + tl.exp(-gate))).to(DT)
+    return (silu.to(tl.float32) * up.to(DT).to(tl.float32)).to(DT)
 
 
 @triton.jit
@@ -89,12 +110,9 @@ def _silu_mul_kernel(GU, OUT, stride_gu, stride_gus, stride_o, F, GU_SPLITS: tl.
     cols = block * BLOCK + tl.arange(0, BLOCK)
     mask = cols < F
     dt = OUT.dtype.element_ty
-    g = load_projection(GU + row * stride_gu + 2 * cols, mask, stride_gus, GU_SPLITS, dt).to(tl.float32)
+    g = load_projection(GU + row * stride_gu + 2 * cols, mask, stride_gus, GU_SPLITS, dt)
     u = load_projection(GU + row * stride_gu + 2 * cols + 1, mask, stride_gus, GU_SPLITS, dt)
-    # torch's silu rounds to the activation dtype, then the product rounds again
-    silu = (g / (1.0 + tl.exp(-g))).to(OUT.dtype.element_ty)
-    tl.store(OUT + row * stride_o + cols, (silu.to(tl.float32) * u.to(tl.float32)).to(OUT.dtype.element_ty),
-             mask=mask)  # fmt: skip
+    tl.store(OUT + row * stride_o + cols, swiglu(g, u, dt), mask=mask)
 
 
 @triton.jit
@@ -102,31 +120,22 @@ def _rope_cache_kernel(QKV, COS, SIN, POS, SLOTS, Q_OUT, K_CACHE, V_CACHE,
                        stride_qkv, stride_qkvs, stride_cs, stride_qn, stride_qh, stride_ks, stride_kh, stride_vs,
                        stride_vh, H, KV, HALF: tl.constexpr, QKV_SPLITS: tl.constexpr):  # fmt: skip
     n, h = tl.program_id(0), tl.program_id(1)  # h: a query head (< H) or a KV head (H + j)
-    offs = tl.arange(0, HALF)
+    d = tl.arange(0, 2 * HALF)
+    always = d < 2 * HALF
     pos = tl.load(POS + n).to(tl.int64)
-    c1 = tl.load(COS + pos * stride_cs + offs).to(tl.float32)
-    c2 = tl.load(COS + pos * stride_cs + HALF + offs).to(tl.float32)
-    s1 = tl.load(SIN + pos * stride_cs + offs).to(tl.float32)
-    s2 = tl.load(SIN + pos * stride_cs + HALF + offs).to(tl.float32)
+    cos = tl.load(COS + pos * stride_cs + d).to(tl.float32)
+    sin = tl.load(SIN + pos * stride_cs + d).to(tl.float32)
     dt = Q_OUT.dtype.element_ty
     head = QKV + n * stride_qkv + h * 2 * HALF
-    x1 = load_projection(head + offs, offs < HALF, stride_qkvs, QKV_SPLITS, dt).to(tl.float32)
-    x2 = load_projection(head + HALF + offs, offs < HALF, stride_qkvs, QKV_SPLITS, dt).to(tl.float32)
-    # x * cos + rotate_half(x) * sin, rotate_half(x) = (-x2, x1), each product rounded as torch rounds it
-    o1 = ((x1 * c1).to(dt).to(tl.float32) + (-x2 * s1).to(dt).to(tl.float32)).to(dt)
-    o2 = ((x2 * c2).to(dt).to(tl.float32) + (x1 * s2).to(dt).to(tl.float32)).to(dt)
+    x = rotated(head + d, head + (d + HALF) % (2 * HALF), always, tl.where(d < HALF, -1.0, 1.0), cos, sin,
+                stride_qkvs, QKV_SPLITS, dt)  # fmt: skip
     if h < H:
-        tl.store(Q_OUT + n * stride_qn + h * stride_qh + offs, o1)
-        tl.store(Q_OUT + n * stride_qn + h * stride_qh + HALF + offs, o2)
+        tl.store(Q_OUT + n * stride_qn + h * stride_qh + d, x)
     else:
         j = h - H
         slot = tl.load(SLOTS + n).to(tl.int64)
-        tl.store(K_CACHE + slot * stride_ks + j * stride_kh + offs, o1)
-        tl.store(K_CACHE + slot * stride_ks + j * stride_kh + HALF + offs, o2)
-        d = tl.arange(0, 2 * HALF)
-        v = load_projection(
-            QKV + n * stride_qkv + (H + KV + j) * 2 * HALF + d, d < 2 * HALF, stride_qkvs, QKV_SPLITS, dt
-        )
+        tl.store(K_CACHE + slot * stride_ks + j * stride_kh + d, x)
+        v = load_projection(QKV + n * stride_qkv + (H + KV + j) * 2 * HALF + d, always, stride_qkvs, QKV_SPLITS, dt)
         tl.store(V_CACHE + slot * stride_vs + j * stride_vh + d, v)
 
 

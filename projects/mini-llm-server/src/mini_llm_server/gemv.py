@@ -24,7 +24,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from mini_llm_server.fused_ops import silu_mul
+from mini_llm_server.fused_ops import silu_mul, swiglu
 
 MAX_ROWS = 16  # rows of x the kernel takes: one tensor-core tile
 BLOCK_N, BLOCK_K = 32, 128
@@ -49,11 +49,8 @@ def _gemv_partials_kernel(X, W, P, M, N, K, K_PER, stride_xm, stride_wn, stride_
         x = tl.load(X + rm[:, None] * stride_xm + k[None, :], mask=(rm[:, None] < M) & (k[None, :] < k_hi), other=0.0)
         acc = tl.dot(x, tl.trans(w), acc)
     if SWIGLU:  # one split; P is the (M, N / 2) activation in X's dtype
-        dt = P.dtype.element_ty
         gate, up = tl.split(tl.reshape(acc, (BLOCK_M, BLOCK_N // 2, 2)))
-        gate = gate.to(dt).to(tl.float32)  # F.linear's output rounding, then silu's, then the product's
-        silu = (gate / (1.0 + tl.exp(-gate))).to(dt)
-        act = (silu.to(tl.float32) * up.to(dt).to(tl.float32)).to(dt)
+        act = swiglu(gate, up, P.dtype.element_ty)
         rf = pid_n * (BLOCK_N // 2) + tl.arange(0, BLOCK_N // 2)
         tl.store(P + rm[:, None] * stride_pm + rf[None, :], act, mask=(rm[:, None] < M) & (rf[None, :] < N // 2))
     else:

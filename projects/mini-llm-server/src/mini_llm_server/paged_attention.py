@@ -29,7 +29,7 @@ import torch
 import triton
 import triton.language as tl
 
-from mini_llm_server.fused_ops import load_projection, split_layout
+from mini_llm_server.fused_ops import load_projection, rotated, split_layout
 
 LOG2E = 1.4426950408889634
 TILE = 64  # cached positions per loop iteration, gathered from as many blocks as they span
@@ -147,15 +147,6 @@ def paged_decode_attention(
 
 
 @triton.jit
-def _rotated(ptrs, partner_ptrs, mask, sign, cos, sin, stride_split, SPLITS: tl.constexpr, DT: tl.constexpr):
-    """Rotary embedding of a projection's rows: x * cos + rotate_half(x) * sin, rotate_half(x) read as the
-    partner element (d + D/2 mod D) with `sign`; each product rounded to DT as fused_ops' rope kernel does."""
-    x = load_projection(ptrs, mask, stride_split, SPLITS, DT).to(tl.float32)
-    partner = load_projection(partner_ptrs, mask, stride_split, SPLITS, DT).to(tl.float32)
-    return ((x * cos).to(DT).to(tl.float32) + (sign * partner * sin).to(DT).to(tl.float32)).to(DT)
-
-
-@triton.jit
 def _paged_decode_rope_kernel(
     QKV, COS, SIN, POSITIONS, SLOTS, K_CACHE, V_CACHE, BLOCK_TABLES, SEQ_LENS, OUT,
     stride_qkvs, stride_qkvn, stride_cs, stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh,
@@ -178,11 +169,11 @@ def _paged_decode_rope_kernel(
     heads = hk * GROUP + offs_g
     in_group = offs_g < GROUP
     q_rows = row + heads[:, None] * HEAD_DIM
-    q = _rotated(q_rows + offs_d[None, :], q_rows + partner[None, :], in_group[:, None], sign[None, :],
+    q = rotated(q_rows + offs_d[None, :], q_rows + partner[None, :], in_group[:, None], sign[None, :],
                  cos[None, :], sin[None, :], stride_qkvs, QKV_SPLITS, dt)  # fmt: skip
     k_row, v_row = row + (H + hk) * HEAD_DIM, row + (H + KV + hk) * HEAD_DIM
     always = offs_d < HEAD_DIM
-    k = _rotated(k_row + offs_d, k_row + partner, always, sign, cos, sin, stride_qkvs, QKV_SPLITS, dt)
+    k = rotated(k_row + offs_d, k_row + partner, always, sign, cos, sin, stride_qkvs, QKV_SPLITS, dt)
     v = load_projection(v_row + offs_d, always, stride_qkvs, QKV_SPLITS, dt)
     block, within = slot // BLOCK_SIZE, slot % BLOCK_SIZE
     tl.store(K_CACHE + block * stride_kb + within * stride_ks + hk * stride_kh + offs_d, k)
