@@ -94,3 +94,27 @@ def test_an_engine_that_dies_ends_its_requests_instead_of_hanging(parts):
         server.should_exit = True
         thread.join(timeout=10)
         engine.close()
+
+
+def test_a_client_whose_pipe_breaks_loses_its_requests_and_their_blocks(parts):
+    """An API process that dies mid-stream: the engine sees its pipe end and aborts what it had added."""
+    from mini_llm_server.engine_process import EngineClient, start_engine
+
+    model, tok = parts
+    proc, (raw, conn) = start_engine(functools.partial(copy_of, model, tok), CONFIG, clients=2)
+    other = EngineClient(conn, CONFIG.block_size)
+    try:
+        assert raw.recv()[0] == "ready"
+        raw.send(("add", 0, tok.encode("hello"), SamplingParams(temperature=0.8, max_new_tokens=400), 0, None, ()))
+        while (msg := raw.recv())[0] != "outputs" or not msg[1]:  # added, then running
+            pass
+        assert asyncio.run(other.metrics())["kv_blocks_used"] > 0
+        raw.close()  # no goodbye: as when the process holding it is killed
+        deadline = time.time() + 30
+        while (m := asyncio.run(other.metrics()))["running"] and time.time() < deadline:
+            time.sleep(0.02)
+        assert m["running"] == 0 and m["kv_blocks_used"] == 0 and m["tokens_generated"] < 400
+    finally:
+        other.close()
+        proc.join(30)
+    assert proc.exitcode == 0  # it ended with its last client

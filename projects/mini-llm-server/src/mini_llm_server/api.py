@@ -10,8 +10,6 @@ generator, which aborts the request and frees its blocks before the next engine 
 
 from __future__ import annotations
 
-import bisect
-import itertools
 import json
 import sys
 import threading
@@ -26,8 +24,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from jinja2.exceptions import TemplateError
-from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
-from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
+from prometheus_client import generate_latest
 from pydantic import BaseModel, Field
 from tinyllm.sampling import SamplingParams
 from tinyllm.tokenizer import Tokenizer
@@ -35,7 +32,8 @@ from tinyllm.tokenizer import Tokenizer
 from mini_llm_server.async_engine import AsyncEngine
 from mini_llm_server.chat_template import render_chat
 from mini_llm_server.detokenizer import IncrementalDetokenizer
-from mini_llm_server.engine_process import EngineProcess
+from mini_llm_server.engine_process import EngineClient
+from mini_llm_server.metrics import ITL, TTFT, Metrics, StreamStats
 
 # How often a stream asks whether its client is gone. Under uvicorn (ASGI 2.3) Starlette cancels a stream the
 # moment its client disconnects; the question is the fallback for servers where it does not, and each ask
@@ -94,60 +92,12 @@ def _error(status: int, message: str, param: str | None = None, headers: dict | 
     return JSONResponse(body, status_code=status, headers=headers)
 
 
-class LoopHistogram:
-    """A histogram written only from the event loop's thread, so without prometheus_client's lock per sample
-    (its Histogram and Counter take three locked increments per streamed token); exported at scrape time."""
-
-    def __init__(self, name: str, doc: str, bounds: tuple[float, ...]) -> None:
-        self.name, self.doc, self.bounds = name, doc, bounds
-        self.counts = [0] * (len(bounds) + 1)  # the last: above every bound
-        self.sum = 0.0
-
-    def observe(self, value: float) -> None:
-        self.counts[bisect.bisect_left(self.bounds, value)] += 1  # le: the first bound >= value
-        self.sum += value
-
-    def family(self) -> HistogramMetricFamily:
-        cumulative = list(itertools.accumulate(self.counts))
-        buckets = [(str(b), c) for b, c in zip((*self.bounds, "+Inf"), cumulative, strict=True)]
-        return HistogramMetricFamily(self.name, self.doc, buckets=buckets, sum_value=self.sum)
-
-
-class StreamStats:
-    """The per-token series (tokens generated, TTFT, inter-token latency) as a collector of plain numbers."""
-
-    def __init__(self) -> None:
-        self.tokens = 0
-        self.ttft = LoopHistogram("mini_llm_time_to_first_token_seconds", "TTFT",
-                                  (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))  # fmt: skip
-        self.itl = LoopHistogram("mini_llm_inter_token_latency_seconds", "time between tokens",
-                                 (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1))  # fmt: skip
-
-    def collect(self):
-        yield CounterMetricFamily("mini_llm_generated_tokens", "tokens generated", value=self.tokens)
-        yield self.ttft.family()
-        yield self.itl.family()
-
-
-class Metrics:
-    """Prometheus series, in a registry of their own (no process-global state)."""
-
-    def __init__(self) -> None:
-        self.registry = r = CollectorRegistry()
-        self.queue = Gauge("mini_llm_queue_depth", "requests waiting", registry=r)
-        self.running = Gauge("mini_llm_running_sequences", "sequences in the batch", registry=r)
-        self.kv_used = Gauge("mini_llm_kv_blocks_used", "KV blocks referenced", registry=r)
-        self.kv_free = Gauge("mini_llm_kv_blocks_free", "KV blocks allocatable", registry=r)
-        self.kv_fragmentation = Gauge("mini_llm_kv_fragmentation", "held KV slots not holding a token", registry=r)
-        self.preemptions = Gauge("mini_llm_preemptions", "preemptions since start", registry=r)
-        self.rejected = Counter("mini_llm_rejected_requests", "requests refused with 429", registry=r)
-        self.streams = StreamStats()
-        r.register(self.streams)
-
-
 def create_app(
-    engine: AsyncEngine | EngineProcess, tokenizer: Tokenizer, config: ServiceConfig | None = None
-) -> FastAPI:
+    engine: AsyncEngine | EngineClient, tokenizer: Tokenizer, config: ServiceConfig | None = None,
+    stats: StreamStats | None = None,
+) -> FastAPI:  # fmt: skip
+    """The app in front of `engine`; `stats`: this process's row of the service's per-token series, where
+    several API server processes share one engine (api_servers)."""
     config = config or ServiceConfig()
 
     @asynccontextmanager
@@ -160,7 +110,7 @@ def create_app(
             sys.setswitchinterval(default)
 
     app = FastAPI(title="mini-llm-server", lifespan=lifespan)
-    metrics = Metrics()
+    metrics = Metrics(stats)
     stats = metrics.streams
 
     @app.exception_handler(ApiError)
@@ -183,13 +133,7 @@ def create_app(
 
     @app.get("/metrics")
     async def prometheus():
-        m = await engine.metrics()
-        metrics.queue.set(m["waiting"])
-        metrics.running.set(m["running"])
-        metrics.kv_used.set(m["kv_blocks_used"])
-        metrics.kv_free.set(m["kv_blocks_free"])
-        metrics.kv_fragmentation.set(m["kv_fragmentation"])
-        metrics.preemptions.set(m["preemptions"])
+        metrics.update(await engine.metrics())
         return Response(generate_latest(metrics.registry), media_type="text/plain; version=0.0.4")
 
     def _params(req: CompletionRequest) -> SamplingParams:
@@ -211,7 +155,7 @@ def create_app(
             if demand > engine.num_free_blocks():
                 busy = f"server overloaded: the KV cache cannot hold the {len(waiting) + 1} waiting prompts"
         if busy:
-            metrics.rejected.inc()
+            stats.reject()
             raise ApiError(429, busy, headers={"Retry-After": str(config.retry_after_s)})
         return ids
 
@@ -231,11 +175,8 @@ def create_app(
         while True:
             now = time.perf_counter()
             if out.new_tokens:
-                stats.tokens += len(out.new_tokens)
-                if t_last is None:
-                    stats.ttft.observe(now - t_start)
-                else:
-                    stats.itl.observe(now - t_last)
+                stats.add_tokens(len(out.new_tokens))
+                stats.observe(TTFT if t_last is None else ITL, now - (t_start if t_last is None else t_last))
                 t_last = now
             if out.finished:
                 # the engine ended it on a stop string (or stop token): the text stops before the string

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 
 from tinyllm import registry
@@ -18,19 +19,34 @@ def _serve(args: argparse.Namespace) -> int:
 
     from mini_llm_server.api import ServiceConfig, create_app
     from mini_llm_server.async_engine import AsyncEngine
+    from mini_llm_server.chat_template import load_chat_template
 
+    if args.api_servers < 1:
+        raise SystemExit(f"--api-servers must be >= 1, got {args.api_servers}")
     model, tok = registry.load(args.model, train_if_missing=True)
     if tok is None:
         raise SystemExit(f"{args.model}: the checkpoint has no tokenizer.json; the service needs one")
-    from mini_llm_server.chat_template import load_chat_template
-
     service = ServiceConfig(model_name=args.model, max_queue=args.max_queue,
                             chat_template=load_chat_template(registry.resolve(args.model)))  # fmt: skip
-    if args.engine_process:  # the engine builds its own copy of the model in a process of its own
+    factory = functools.partial(registry.load, args.model)  # the engine process builds its own copy
+    if args.api_servers > 1:
+        import signal
+
+        from mini_llm_server.api_servers import ApiServers
+
+        del model
+        servers = ApiServers(factory, tok, EngineConfig(), service, args.api_servers, args.host, args.port, "info")
+        print(f"serving {args.model} on {servers.url} from {args.api_servers} API server processes", flush=True)
+        # a SIGTERM to this process drains the service the way Ctrl-C does (which reaches every process)
+        signal.signal(signal.SIGTERM, lambda *_: servers.stop())
+        with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C: the API processes drain, then wait() stops
+            servers.wait()
+        return 0
+    if args.engine_process:
         from mini_llm_server.engine_process import EngineProcess
 
         del model
-        engine = EngineProcess(functools.partial(registry.load, args.model))
+        engine = EngineProcess(factory)
     else:
         engine = AsyncEngine(LLMEngine(model))
     app = create_app(engine, tok, service)
@@ -107,6 +123,12 @@ def main(argv: list[str] | None = None) -> int:
         "--engine-process",
         action="store_true",
         help="run the engine in a process of its own (no interpreter lock shared with the HTTP side)",
+    )
+    v.add_argument(
+        "--api-servers",
+        type=int,
+        default=1,
+        help="HTTP processes sharing the port in front of one engine process (more than 1 implies --engine-process)",
     )
     ld = sub.add_parser("load", help="drive a running server: closed-loop concurrency or open-loop Poisson rate")
     ld.add_argument("--url", default="http://127.0.0.1:8000")

@@ -3,11 +3,13 @@
 In one process the HTTP side (parsing, tokenizing, writing a server-sent event per token) and the engine
 (scheduling, preparing inputs, sampling) take turns on one interpreter lock, so a step waits behind the
 streams' writes and the writes behind the step. Here the engine process builds the model from a picklable
-factory, and one duplex pipe carries commands to it (add, abort, metrics, close) and, back, each step's
-new tokens with a snapshot of the waiting queue and free blocks for admission control.
+factory, and a duplex pipe per client carries commands to it (add, abort, metrics, close) and, back, each
+step's new tokens with a snapshot of the waiting queue and free blocks for admission control. A client is
+an EngineClient: the process that started the engine (EngineProcess), or each of several API server
+processes (api_servers), so that no one interpreter writes every stream's events.
 
-Ids are the parent's: an add is acknowledged (or refused with the engine's ValueError) before that
-request's first output, since the pipe keeps order. Only new tokens cross the pipe; the parent keeps each
+Ids are the client's: an add is acknowledged (or refused with the engine's ValueError) before that
+request's first output, since a pipe keeps order. Only new tokens cross the pipe; the client keeps each
 request's output so far, and a stream takes every token that has arrived since it last looked: one that
 fell behind the engine (its HTTP side busy with other streams) catches up in one output, one server-sent
 event, instead of paying the per-event cost once per step it missed.
@@ -19,9 +21,13 @@ import asyncio
 import contextlib
 import itertools
 import multiprocessing
+import signal
 import sys
 import threading
 from collections.abc import AsyncIterator, Callable, Sequence
+from multiprocessing import connection
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
 
 from tinyllm.model import Transformer
 from tinyllm.sampling import SamplingParams
@@ -73,65 +79,120 @@ def _queue_state(engine: LLMEngine) -> dict:
     return {"waiting": [s.num_tokens for s in engine.scheduler.waiting], "free": engine.blocks.num_free_blocks}
 
 
-def _engine_main(conn, factory: ModelFactory, config: EngineConfig) -> None:
-    """The engine process: take every queued command, then step while there is work."""
-    model, tok = factory()
-    engine = LLMEngine(model, config)
-    engine_id: dict[int, int] = {}  # the parent's request id -> the engine's
-    parent_id: dict[int, int] = {}
-    conn.send(("ready", _queue_state(engine)))
-    while True:
-        wait = 0 if engine.has_unfinished() else None  # idle: block until a command comes
-        while conn.poll(wait):
-            msg, wait = conn.recv(), 0
-            if msg[0] == "add":
-                _, rid, prompt, params, priority, timeout, stop = msg
-                try:
-                    eid = engine.add_request(prompt, params, priority=priority, timeout=timeout, stop=stop,
-                                             detokenize=tok.decode if stop and tok is not None else None)  # fmt: skip
-                except ValueError as e:
-                    conn.send(("refused", rid, str(e)))
-                    continue
-                engine_id[rid], parent_id[eid] = eid, rid
-                conn.send(("added", rid, _queue_state(engine)))
-            elif msg[0] == "abort":
-                eid = engine_id.pop(msg[1], None)
-                if eid is not None:
-                    parent_id.pop(eid, None)
-                    engine.abort(eid)
-            elif msg[0] == "metrics":
-                conn.send(("metrics", msg[1], engine.metrics()))
-            elif msg[0] == "close":
-                engine.close()
-                conn.close()
+class _EngineLoop:
+    """The engine process's side: its clients' pipes and their requests, known by (client, the client's id)."""
+
+    def __init__(self, conns: list[Connection], factory: ModelFactory, config: EngineConfig) -> None:
+        model, self.tok = factory()
+        self.engine = LLMEngine(model, config)
+        self.clients = dict(enumerate(conns))
+        self.index = {id(conn): c for c, conn in self.clients.items()}
+        self.engine_id: dict[tuple[int, int], int] = {}
+        self.owner: dict[int, tuple[int, int]] = {}  # the engine's id -> (client, id)
+        state = _queue_state(self.engine)
+        self.sent_state = dict.fromkeys(self.clients, state)
+        for conn in conns:
+            conn.send(("ready", state))
+
+    def drop(self, c: int) -> None:
+        """A client left (said close, or its process died): its requests end and free their blocks."""
+        for key in [k for k in self.engine_id if k[0] == c]:
+            eid = self.engine_id.pop(key)
+            del self.owner[eid]
+            self.engine.abort(eid)
+        self.clients.pop(c).close()
+        del self.sent_state[c]
+
+    def command(self, c: int, msg: tuple) -> None:
+        conn, engine = self.clients[c], self.engine
+        if msg[0] == "add":
+            _, rid, prompt, params, priority, timeout, stop = msg
+            detokenize = self.tok.decode if stop and self.tok is not None else None
+            try:
+                eid = engine.add_request(prompt, params, priority=priority, timeout=timeout, stop=stop,
+                                         detokenize=detokenize)  # fmt: skip
+            except ValueError as e:
+                conn.send(("refused", rid, str(e)))
                 return
-        if engine.has_unfinished():
-            batch = []
-            for out in engine.step():
-                rid = parent_id.get(out.request_id)
-                if rid is None:  # aborted by the parent while the step ran
-                    continue
-                if out.finished:
-                    del parent_id[out.request_id], engine_id[rid]
-                batch.append((rid, out.new_tokens, out.finished, out.finish_reason))
-            conn.send(("outputs", batch, _queue_state(engine)))
+            self.engine_id[(c, rid)], self.owner[eid] = eid, (c, rid)
+            self.sent_state[c] = state = _queue_state(engine)
+            conn.send(("added", rid, state))
+        elif msg[0] == "abort":
+            eid = self.engine_id.pop((c, msg[1]), None)
+            if eid is not None:
+                del self.owner[eid]
+                engine.abort(eid)
+        elif msg[0] == "metrics":
+            conn.send(("metrics", msg[1], engine.metrics()))
+        elif msg[0] == "close":
+            self.drop(c)
+
+    def step(self) -> None:
+        batches: dict[int, list] = {c: [] for c in self.clients}
+        for out in self.engine.step():
+            key = self.owner.get(out.request_id)
+            if key is None:  # aborted while the step ran
+                continue
+            if out.finished:
+                del self.owner[out.request_id], self.engine_id[key]
+            batches[key[0]].append((key[1], out.new_tokens, out.finished, out.finish_reason))
+        state = _queue_state(self.engine)
+        for c, batch in batches.items():
+            # every client's admission control reads this state: one with no stream of its own still needs
+            # to see the queue shrink, or it would go on refusing requests on a full queue long gone
+            if batch or state != self.sent_state[c]:
+                self.clients[c].send(("outputs", batch, state))
+                self.sent_state[c] = state
+
+    def run(self) -> None:
+        """Take every queued command, then step while there is work; end with the last client."""
+        while self.clients:
+            wait = 0 if self.engine.has_unfinished() else None  # idle: block until a command comes
+            while self.clients and (ready := connection.wait(list(self.clients.values()), wait)):
+                wait = 0
+                for conn in ready:
+                    c = self.index[id(conn)]
+                    try:
+                        msg = conn.recv()
+                    except (EOFError, OSError):
+                        self.drop(c)
+                    else:
+                        self.command(c, msg)
+            if self.engine.has_unfinished():
+                self.step()
+        self.engine.close()
 
 
-class EngineProcess:
-    """AsyncEngine's interface (stream, metrics, waiting_lengths, block_size, num_free_blocks, close) over an
-    engine in a child process. Construct it outside a running event loop's hot path: it waits for the child
-    to build its model."""
+def _engine_main(conns: list[Connection], factory: ModelFactory, config: EngineConfig) -> None:
+    # Ctrl-C in a terminal reaches every process of the group: the engine ends when its clients have left,
+    # after they drained their streams, not on the signal
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _EngineLoop(conns, factory, config).run()
 
-    def __init__(self, factory: ModelFactory, config: EngineConfig | None = None) -> None:
-        config = config or EngineConfig()
-        ctx = multiprocessing.get_context("spawn")  # a fresh interpreter: CUDA cannot be forked
-        self._conn, child = ctx.Pipe()
-        self._proc = ctx.Process(target=_engine_main, args=(child, factory, config), daemon=True)
-        self._proc.start()
-        child.close()
-        kind, self._state = self._conn.recv()  # EOFError here: the child died building its model
+
+def start_engine(factory: ModelFactory, config: EngineConfig, clients: int = 1) -> tuple[BaseProcess, list[Connection]]:
+    """The engine process, building its model with `factory`, and one pipe end per client (an EngineClient
+    each, in this process or handed to others). It ends when every client has closed or gone."""
+    ctx = multiprocessing.get_context("spawn")  # a fresh interpreter: CUDA cannot be forked
+    ends = [ctx.Pipe() for _ in range(clients)]
+    proc = ctx.Process(target=_engine_main, args=([child for _, child in ends], factory, config), daemon=True)
+    proc.start()
+    for _, child in ends:
+        child.close()  # the child holds its own copies: a client's pipe breaks when either side goes
+    return proc, [parent for parent, _ in ends]
+
+
+class EngineClient:
+    """AsyncEngine's interface (stream, metrics, waiting_lengths, block_size, num_free_blocks, close) over one
+    pipe to an engine process: in the process that started it (EngineProcess) or in an API server process of
+    its own (api_servers). Construct it outside a running event loop's hot path: it waits for the engine to
+    have built its model."""
+
+    def __init__(self, conn: Connection, block_size: int) -> None:
+        self._conn = conn
+        kind, self._state = self._conn.recv()  # EOFError here: the engine died building its model
         assert kind == "ready", kind
-        self.block_size = config.block_size
+        self.block_size = block_size
         self._send_lock = threading.Lock()
         self._ids = itertools.count()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -250,13 +311,26 @@ class EngineProcess:
         self._streams.pop(rid, None)
 
     def close(self) -> None:
-        """Stop the engine process (its device memory goes with it)."""
+        """Leave the engine: it aborts this client's requests (and ends once its last client has left)."""
         if self._closed:
             return
         self._closed = True
-        with contextlib.suppress(BrokenPipeError, OSError):  # the child is already gone
+        with contextlib.suppress(BrokenPipeError, OSError):  # the engine is already gone
             self._send(("close",))
+        self._conn.close()
+
+
+class EngineProcess(EngineClient):
+    """An engine process of this process's own, with this process its only client."""
+
+    def __init__(self, factory: ModelFactory, config: EngineConfig | None = None) -> None:
+        config = config or EngineConfig()
+        self._proc, (conn,) = start_engine(factory, config)
+        super().__init__(conn, config.block_size)
+
+    def close(self) -> None:
+        """Stop the engine process (its device memory goes with it)."""
+        super().close()
         self._proc.join(timeout=60)
         if self._proc.is_alive():
             self._proc.kill()
-        self._conn.close()

@@ -1,6 +1,7 @@
 """`mini-llm-server serving-bench`: the serving report's measurements, in one run.
 
-For each policy (continuous batching, static batching, FIFO) a fresh in-process server on loopback is
+For each policy (continuous batching, static batching, FIFO; continuous batching also with the engine in
+a process of its own, and that behind several API server processes) a fresh server on loopback is
 driven by the closed-loop load generator, split over several client processes of their own as real
 clients would be (in the server's process their parsing would compete for the interpreter lock; in one
 process of their own they fell behind), at each concurrency, every request streaming: TTFT, inter-token
@@ -8,8 +9,9 @@ and end-to-end percentiles, requests/s, tokens/s, KV memory per active request. 
 open-loop Poisson arrivals at twice the request rate continuous batching sustained at the highest
 concurrency, against a bounded queue, where the p99 TTFT of admitted requests must stay bounded and the
 excess be refused with 429s. And the step token budget (the chunked-prefill chunk) swept at one
-concurrency, engine in its own process: a small budget bounds how long a step that admits prompts
-stalls every stream's next token, a large one admits prompts in fewer steps.
+concurrency, engine in its own process behind several API server processes: a small budget bounds how
+long a step that admits prompts stalls every stream's next token, a large one admits prompts in fewer
+steps.
 
 Model: on a GPU the TinyLlama-1.1B shape with random weights (latency and throughput only, never quality)
 and the trained `small` preset's tokenizer and vocabulary; on a CPU whatever model the caller passes.
@@ -18,9 +20,11 @@ and the trained `small` preset's tokenizer and vocabulary; on a CPU whatever mod
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import importlib.util
 import time
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -33,6 +37,7 @@ from tinyllm.model import Transformer
 from tinyllm.tokenizer import Tokenizer
 
 from mini_llm_server.api import ServiceConfig, create_app, serve_in_thread
+from mini_llm_server.api_servers import ApiServers
 from mini_llm_server.async_engine import AsyncEngine
 from mini_llm_server.config import EngineConfig
 from mini_llm_server.engine import LLMEngine
@@ -43,10 +48,12 @@ from mini_llm_server.model_runner import kv_bytes_per_block
 from mini_llm_server.report import ADMISSION_DIVISOR, TINYLLAMA, release_memory
 
 PROCESS_POLICY = "continuous, engine process"  # continuous batching with the engine in a process of its own
-POLICIES = ("continuous", PROCESS_POLICY, "static", "fifo")
+SCALED_POLICY = "continuous, API processes"  # ...behind several API server processes (ServingConfig.api_servers)
+POLICIES = ("continuous", PROCESS_POLICY, SCALED_POLICY, "static", "fifo")
 METHOD = (
-    f"uvicorn on loopback (engine on its own thread; for {PROCESS_POLICY!r}, in its own process), "
-    "httpx streaming clients in further processes (client_processes, each a share of the load)"
+    f"uvicorn on loopback (engine on its own thread; for {PROCESS_POLICY!r}, in its own process; for "
+    f"{SCALED_POLICY!r}, in its own process behind api_servers uvicorn processes sharing the port), httpx streaming "
+    "clients in further processes (client_processes, each a share of the load)"
 )
 
 
@@ -72,34 +79,59 @@ class ServingConfig:
     max_num_batched_tokens: int = 512  # the step token budget of every point but the sweep's
     step_token_sweep: tuple[int, ...] = (128, 256, 2048)  # further budgets, measured at sweep_concurrency
     sweep_concurrency: int = 32
+    sweep_policy: str = SCALED_POLICY
+    # SCALED_POLICY's HTTP side: at 32 streams one process was busy 84% of the time (stop 15's record)
+    api_servers: int = 4
+
+
+@contextlib.contextmanager
+def _service(
+    model: Transformer,
+    tok: Tokenizer,
+    engine_config: EngineConfig,
+    service: ServiceConfig,
+    factory: ModelFactory | None,
+    api_servers: int,
+) -> Iterator[tuple[str, object, Callable[[], float]]]:
+    """A fresh server on loopback: (URL, its engine for metrics, the HTTP side's CPU seconds so far). Without
+    `factory` the engine runs in this process; with it, in a process of its own, behind this process's
+    uvicorn thread or (`api_servers` > 0) behind that many API server processes."""
+    if api_servers:
+        servers = ApiServers(factory, tok, engine_config, service, api_servers)
+        try:
+            yield servers.url, servers.engine, servers.cpu_seconds
+        finally:
+            servers.stop()
+        return
+    engine = AsyncEngine(LLMEngine(model, engine_config)) if factory is None else EngineProcess(factory, engine_config)
+    app = create_app(engine, tok, service)
+    server, thread, url = serve_in_thread(app)
+    try:
+        # every thread of this process: the HTTP side (and the engine, when in-process)
+        yield url, engine, time.process_time
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+        engine.close()
 
 
 def _point(model: Transformer, tok: Tokenizer, engine_config: EngineConfig, load: LoadConfig, max_queue: int,
-           client: ProcessPoolExecutor, client_processes: int,
-           factory: ModelFactory | None = None) -> dict:  # fmt: skip
-    """One load against a fresh server, from `client_processes` processes of the `client` pool; with
-    `factory`, the server's engine runs in a process of its own."""
-    if factory is None:
-        async_engine = AsyncEngine(LLMEngine(model, engine_config))
-    else:
-        async_engine = EngineProcess(factory, engine_config)
-    app = create_app(async_engine, tok, ServiceConfig(model_name="bench", max_queue=max_queue))
-    server, thread, url = serve_in_thread(app)
-    try:
-        cpu = time.process_time()  # every thread of this process: the HTTP side (and the engine, when in-process)
+           client: ProcessPoolExecutor, client_processes: int, factory: ModelFactory | None = None,
+           api_servers: int = 0) -> dict:  # fmt: skip
+    """One load against a fresh server (`_service`), from `client_processes` processes of the `client` pool."""
+    service = ServiceConfig(model_name="bench", max_queue=max_queue)
+    with _service(model, tok, engine_config, service, factory, api_servers) as (url, engine, cpu_seconds):
+        cpu = cpu_seconds()
         results, wall = run_split(replace(load, url=url), client, client_processes)
-        cpu = time.process_time() - cpu
+        cpu = cpu_seconds() - cpu
         summary = summarize(results, wall)
-        summary["server_cpu_share"] = cpu / wall  # ~1 or more: the server's interpreter is the ceiling
+        summary["server_cpu_share"] = cpu / wall  # of one core: ~1 for one interpreter is its ceiling
         summary["server_cpu_us_per_token"] = 1e6 * cpu / max(sum(r.tokens for r in results), 1)
         failed = {f"{r.status}: {r.error}" for r in results if r.status != 429 and (r.status != 200 or r.error)}
         for what in sorted(failed):  # the record counts errors; the log says what they were
             print(f"  error: {what}", flush=True)
-        m = asyncio.run(async_engine.metrics())
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
-        async_engine.close()
+        m = asyncio.run(engine.metrics())
+        del engine
     block_bytes = kv_bytes_per_block(model, engine_config.block_size)
     active = min(load.concurrency or engine_config.max_num_seqs, engine_config.max_num_seqs)  # running at peak
     summary["kv_MB_per_request"] = m["kv_blocks_peak"] * block_bytes / 1e6 / active
@@ -109,14 +141,13 @@ def _point(model: Transformer, tok: Tokenizer, engine_config: EngineConfig, load
     for kind in ("decode", "mixed"):  # how long each kind of step takes, and how many steps carry prompts
         summary[f"{kind}_step_ms"] = 1e3 * m[f"{kind}_step_seconds"] / max(m[f"{kind}_steps"], 1)
     summary["mixed_step_share"] = m["mixed_steps"] / max(m["steps"], 1)
-    del async_engine, app, server, thread
     release_memory(model.lm_head.weight.device)
     return summary
 
 
 def measure(model: Transformer, tok: Tokenizer, cfg: ServingConfig, factory: ModelFactory | None = None) -> list[dict]:
-    """Every point; `factory` builds the same model in the engine process of the PROCESS_POLICY rows (by
-    default a pickled copy of `model`, fine for small ones)."""
+    """Every point; `factory` builds the same model in the engine process of the PROCESS_POLICY and
+    SCALED_POLICY rows (by default a pickled copy of `model`, fine for small ones)."""
     factory = factory or functools.partial(copy_of, model, tok)
     with client_pool(cfg.client_processes) as client:  # warm first, so a point's parts run side by side
         return _measure(model, tok, cfg, client, factory)
@@ -125,7 +156,7 @@ def measure(model: Transformer, tok: Tokenizer, cfg: ServingConfig, factory: Mod
 def _measure(model: Transformer, tok: Tokenizer, cfg: ServingConfig, client: ProcessPoolExecutor,
              factory: ModelFactory) -> list[dict]:  # fmt: skip
     def point(policy: str, c: int, step_tokens: int) -> dict:
-        scheduling = "continuous" if policy == PROCESS_POLICY else policy
+        scheduling = "continuous" if policy in (PROCESS_POLICY, SCALED_POLICY) else policy
         seqs = 1 if policy == "fifo" else cfg.max_num_seqs
         group = max(1, min(c, seqs) // ADMISSION_DIVISOR) if scheduling == "continuous" else 1
         engine = EngineConfig(policy=scheduling, max_num_seqs=seqs, max_num_batched_tokens=step_tokens,
@@ -134,14 +165,17 @@ def _measure(model: Transformer, tok: Tokenizer, cfg: ServingConfig, client: Pro
         n = min(cap, max(cfg.min_requests, cfg.requests_per_client * c))
         load = LoadConfig(url="", model="bench", num_requests=n, concurrency=c, prompt_words=cfg.prompt_words,
                           output_tokens=cfg.output_tokens)  # fmt: skip
+        t0 = time.perf_counter()
+        api_servers = cfg.api_servers if policy == SCALED_POLICY else 0
         row = _point(model, tok, engine, load, cfg.max_queue, client, cfg.client_processes,
-                     factory if policy == PROCESS_POLICY else None)  # fmt: skip
-        print(f"  {policy} c={c} step tokens {step_tokens}: {row['tokens_per_s']:.0f} tok/s, "
-              f"p95 ITL {row['itl_p95_ms']:.1f} ms", flush=True)  # fmt: skip
+                     factory if scheduling != policy else None, api_servers)  # fmt: skip
+        print(f"  {policy} c={c} step tokens {step_tokens}: {row['tokens_per_s']:.0f} tok/s, p95 ITL "
+              f"{row['itl_p95_ms']:.2f} ms, HTTP CPU {row['server_cpu_share']:.2f} ({time.perf_counter() - t0:.0f} s)",
+              flush=True)  # fmt: skip
         return {"policy": policy, "load": f"closed, {c} clients", "concurrency": c, "step_tokens": step_tokens, **row}
 
     rows = [point(policy, c, cfg.max_num_batched_tokens) for policy in POLICIES for c in cfg.concurrencies]
-    rows += [point(PROCESS_POLICY, cfg.sweep_concurrency, b) for b in cfg.step_token_sweep]
+    rows += [point(cfg.sweep_policy, cfg.sweep_concurrency, b) for b in cfg.step_token_sweep]
     top = max(cfg.concurrencies)
     sustained = next(r for r in rows if r["policy"] == "continuous" and r["concurrency"] == top)["requests_per_s"]
     rate = cfg.overload_factor * sustained
