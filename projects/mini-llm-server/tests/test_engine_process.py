@@ -90,6 +90,8 @@ def test_an_engine_that_dies_ends_its_requests_instead_of_hanging(parts):
                 for _ in lines:
                     pass
             assert time.time() - t0 < 5  # ...at once, not after the client's read timeout
+        with pytest.raises((RuntimeError, BrokenPipeError)):  # a question to the dead engine fails, never hangs
+            asyncio.run(asyncio.wait_for(engine.metrics(), 10))
     finally:
         server.should_exit = True
         thread.join(timeout=10)

@@ -91,8 +91,14 @@ class _EngineLoop:
         self.owner: dict[int, tuple[int, int]] = {}  # the engine's id -> (client, id)
         state = _queue_state(self.engine)
         self.sent_state = dict.fromkeys(self.clients, state)
-        for conn in conns:
-            conn.send(("ready", state))
+        for c in range(len(conns)):
+            self.send(c, ("ready", state))
+
+    def send(self, c: int, msg: tuple) -> None:
+        try:
+            self.clients[c].send(msg)
+        except (BrokenPipeError, ConnectionResetError):  # it died since its last command: its end is closed
+            self.drop(c)
 
     def drop(self, c: int) -> None:
         """A client left (said close, or its process died): its requests end and free their blocks."""
@@ -104,7 +110,7 @@ class _EngineLoop:
         del self.sent_state[c]
 
     def command(self, c: int, msg: tuple) -> None:
-        conn, engine = self.clients[c], self.engine
+        engine = self.engine
         if msg[0] == "add":
             _, rid, prompt, params, priority, timeout, stop = msg
             detokenize = self.tok.decode if stop and self.tok is not None else None
@@ -112,18 +118,18 @@ class _EngineLoop:
                 eid = engine.add_request(prompt, params, priority=priority, timeout=timeout, stop=stop,
                                          detokenize=detokenize)  # fmt: skip
             except ValueError as e:
-                conn.send(("refused", rid, str(e)))
+                self.send(c, ("refused", rid, str(e)))
                 return
             self.engine_id[(c, rid)], self.owner[eid] = eid, (c, rid)
             self.sent_state[c] = state = _queue_state(engine)
-            conn.send(("added", rid, state))
+            self.send(c, ("added", rid, state))
         elif msg[0] == "abort":
             eid = self.engine_id.pop((c, msg[1]), None)
             if eid is not None:
                 del self.owner[eid]
                 engine.abort(eid)
         elif msg[0] == "metrics":
-            conn.send(("metrics", msg[1], engine.metrics()))
+            self.send(c, ("metrics", msg[1], engine.metrics()))
         elif msg[0] == "close":
             self.drop(c)
 
@@ -141,8 +147,8 @@ class _EngineLoop:
             # every client's admission control reads this state: one with no stream of its own still needs
             # to see the queue shrink, or it would go on refusing requests on a full queue long gone
             if batch or state != self.sent_state[c]:
-                self.clients[c].send(("outputs", batch, state))
                 self.sent_state[c] = state
+                self.send(c, ("outputs", batch, state))
 
     def run(self) -> None:
         """Take every queued command, then step while there is work; end with the last client."""
@@ -216,8 +222,11 @@ class EngineClient:
             try:
                 msg = self._conn.recv()
             except (EOFError, OSError):
-                if not self._closed and self._loop is not None:  # the engine died: end every request now
-                    self._loop.call_soon_threadsafe(self._fail_all)
+                if not self._closed:  # the engine died: end every request and every pending question now
+                    for rid in list(self._replies):
+                        self._reply(rid, "exited", "the engine process exited")
+                    if self._loop is not None:
+                        self._loop.call_soon_threadsafe(self._fail_streams)
                 return
             kind = msg[0]
             if kind == "outputs":
@@ -227,9 +236,13 @@ class EngineClient:
                 continue
             if kind == "added":
                 self._state = msg[2]
-            future = self._replies.pop(msg[1], None)  # answered on the loop that asked
-            if future is not None:
-                future.get_loop().call_soon_threadsafe(self._answer, future, kind, msg[2])
+            self._reply(msg[1], kind, msg[2])
+
+    def _reply(self, rid: int, kind: str, value) -> None:
+        future = self._replies.pop(rid, None)
+        if future is not None:
+            with contextlib.suppress(RuntimeError):  # its loop is closed: nobody waits for it any more
+                future.get_loop().call_soon_threadsafe(self._answer, future, kind, value)  # on the loop that asked
 
     @staticmethod
     def _answer(future: asyncio.Future, kind: str, value) -> None:
@@ -237,6 +250,8 @@ class EngineClient:
             return
         if kind == "refused":
             future.set_exception(ValueError(value))
+        elif kind == "exited":
+            future.set_exception(RuntimeError(value))
         else:
             future.set_result(value)
 
@@ -246,13 +261,9 @@ class EngineClient:
             if outputs is not None:
                 outputs.add(new, finished, reason)
 
-    def _fail_all(self) -> None:  # on the streams' event loop
+    def _fail_streams(self) -> None:  # on the streams' event loop
         for outputs in self._streams.values():
             outputs.add([], True, "engine-exited")
-        for future in list(self._replies.values()):
-            if not future.done():
-                future.set_exception(RuntimeError("the engine process exited"))
-        self._replies.clear()
 
     async def _ask(self, msg_for: Callable[[int], tuple]):
         future = asyncio.get_running_loop().create_future()
