@@ -67,7 +67,10 @@ def test_step_time_is_split_four_ways(model, backend):
     assert all(v > 0 for v in parts.values()), parts
     assert sum(parts.values()) <= wall
     m = engine.metrics()
-    assert m["decode_steps"] > 0 and m["mixed_steps"] > 0 and m["decode_steps"] + m["mixed_steps"] == m["steps"]
+    # by kind: steps the host saw done; the last can be one whose rows were all dropped (every sequence in it
+    # ended on the token read late), never waited for
+    seen = m["decode_steps"] + m["mixed_steps"]
+    assert m["decode_steps"] > 0 and m["mixed_steps"] > 0 and m["steps"] - 1 <= seen <= m["steps"]
     assert 0 < m["decode_step_seconds"] + m["mixed_step_seconds"] <= wall
 
 

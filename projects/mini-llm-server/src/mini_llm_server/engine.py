@@ -90,9 +90,13 @@ class LLMEngine:
         self._done_at_add: list[RequestOutput] = []
         self.step_seconds = {"schedule": 0.0, "prepare": 0.0, "forward": 0.0, "sample": 0.0}
         # steps and their seconds by kind: "decode" (one new token per sequence), "mixed" (prompt chunks too);
-        # a stream waits for every step, so the mixed steps' share and length set its inter-token tail
+        # a stream waits for every step, so the mixed steps' share and length set its inter-token tail. A
+        # step's seconds run from the previous wait for the GPU to the wait that finds it done: with steps
+        # overlapped, the time a call takes is mostly the previous step's GPU time, not its own.
         self.steps_by_kind = {"decode": 0, "mixed": 0}
         self.seconds_by_kind = {"decode": 0.0, "mixed": 0.0}
+        self._unfinished_kinds: list[str] = []  # launched steps the host has not yet seen done, oldest first
+        self._last_wait = 0.0
         self.num_steps = self.tokens_computed = self.tokens_generated = 0
         self.peak_blocks_used, self.kv_util_at_peak = 0, 0.0
 
@@ -180,6 +184,11 @@ class LLMEngine:
             outputs += self._read_in_flight()
             self.step_seconds["sample"] += time.perf_counter() - t1
             return outputs
+        if self.in_flight is not None and all(seq.finished for seq in self.in_flight.seqs):
+            self._unfinished_kinds = []  # a step whose rows were all dropped, maybe long ago: not a step's time
+        elif self.in_flight is None and not self._unfinished_kinds:  # the GPU has nothing of ours: start the clock
+            self._last_wait = t0
+        kind = "decode" if all(item.num_tokens == 1 for item in schedule.seqs) else "mixed"
         self.runner.copy_blocks(schedule.copies)
         prepared = self.runner.prepare_seconds
         logits = self.runner.execute(schedule.seqs)
@@ -196,6 +205,7 @@ class LLMEngine:
         # the last step's tokens, while the GPU runs this one; they end some sequences that this step has
         # just computed a row for, which is dropped
         outputs += self._read_in_flight()
+        self._unfinished_kinds.append(kind)
         for item in schedule.seqs:
             if not item.seq.finished:  # the tokens its full blocks hash are all known now
                 self.blocks.commit(item.seq)
@@ -208,13 +218,12 @@ class LLMEngine:
                 logits = logits[[i for i, seq in enumerate(sampling) if not seq.finished]]
             for seq, token in zip(live, self._sample(logits, live), strict=True):
                 self._append(seq, token, outputs)
+            if live:  # reading their tokens waited for this step
+                self._steps_done()
         t3 = time.perf_counter()
         times = (t1 - t0, prepare, t2 - t1 - prepare, t3 - t2)
         for key, dt in zip(("schedule", "prepare", "forward", "sample"), times, strict=True):
             self.step_seconds[key] += dt
-        kind = "decode" if all(item.num_tokens == 1 for item in schedule.seqs) else "mixed"
-        self.steps_by_kind[kind] += 1
-        self.seconds_by_kind[kind] += t3 - t0
         return outputs
 
     # end-excerpt
@@ -226,6 +235,7 @@ class LLMEngine:
             return []
         if launched.ready is not None:
             launched.ready.synchronize()
+        self._steps_done()
         outputs: list[RequestOutput] = []
         for seq, token in zip(launched.seqs, launched.tokens.tolist(), strict=True):
             if seq.finished:  # aborted, timed out, or ended by its previous token
@@ -233,6 +243,17 @@ class LLMEngine:
             seq.num_pending -= 1
             self._append(seq, token, outputs)
         return outputs
+
+    def _steps_done(self) -> None:
+        """The host just waited for the GPU, so every step launched before now is done: they share the time
+        since the last wait (a prompt chunk that samples nothing is seen done with the next step that does);
+        a mixed step among them makes the interval a mixed one."""
+        now, done = time.perf_counter(), self._unfinished_kinds
+        if done:
+            kind = "mixed" if "mixed" in done else "decode"
+            self.steps_by_kind[kind] += len(done)
+            self.seconds_by_kind[kind] += now - self._last_wait
+        self._unfinished_kinds, self._last_wait = [], now
 
     def _append(self, seq: Sequence, token: int, outputs: list[RequestOutput]) -> None:
         seq.output.append(token)

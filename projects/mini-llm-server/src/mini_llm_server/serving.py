@@ -49,7 +49,7 @@ from mini_llm_server.report import ADMISSION_DIVISOR, TINYLLAMA, release_memory
 
 PROCESS_POLICY = "continuous, engine process"  # continuous batching with the engine in a process of its own
 SCALED_POLICY = "continuous, API processes"  # ...behind several API server processes (ServingConfig.api_servers)
-POLICIES = ("continuous", PROCESS_POLICY, SCALED_POLICY, "static", "fifo")
+POLICIES = ("continuous", SCALED_POLICY, "static", "fifo")  # at every concurrency; PROCESS_POLICY at one
 METHOD = (
     f"uvicorn on loopback (engine on its own thread; for {PROCESS_POLICY!r}, in its own process; for "
     f"{SCALED_POLICY!r}, in its own process behind api_servers uvicorn processes sharing the port), httpx streaming "
@@ -66,7 +66,7 @@ class ServingConfig:
     requests_per_client: int = 8
     min_requests: int = 16
     max_requests: int = 1024
-    fifo_max_requests: int = 128  # FIFO serves one request at a time: 8 x 128 of them would take the whole run
+    fifo_max_requests: int = 64  # FIFO serves one request at a time: 8 x 128 of them would take the whole run
     prompt_words: tuple[int, int] = (16, 256)
     output_tokens: tuple[int, int] = (32, 256)
     max_num_seqs: int = 128  # the batch limit of continuous and static batching
@@ -77,10 +77,10 @@ class ServingConfig:
     # process fell behind its open-loop schedule, and at 10k tokens/s its own parsing sets the pace
     client_processes: int = 4
     max_num_batched_tokens: int = 512  # the step token budget of every point but the sweep's
-    step_token_sweep: tuple[int, ...] = (128, 256, 2048)  # further budgets, measured at sweep_concurrency
-    sweep_concurrency: int = 32
+    step_token_sweep: tuple[int, ...] = (64, 128, 256)  # further budgets, measured at sweep_concurrency
+    sweep_concurrency: int = 32  # also where PROCESS_POLICY (one API process) is measured, for comparison
     sweep_policy: str = SCALED_POLICY
-    # SCALED_POLICY's HTTP side: at 32 streams one process was busy 84% of the time (stop 15's record)
+    # SCALED_POLICY's HTTP side: at 32 streams one process was busy 84% of the time (stop 15's H100 record)
     api_servers: int = 4
 
 
@@ -175,6 +175,7 @@ def _measure(model: Transformer, tok: Tokenizer, cfg: ServingConfig, client: Pro
         return {"policy": policy, "load": f"closed, {c} clients", "concurrency": c, "step_tokens": step_tokens, **row}
 
     rows = [point(policy, c, cfg.max_num_batched_tokens) for policy in POLICIES for c in cfg.concurrencies]
+    rows.append(point(PROCESS_POLICY, cfg.sweep_concurrency, cfg.max_num_batched_tokens))
     rows += [point(cfg.sweep_policy, cfg.sweep_concurrency, b) for b in cfg.step_token_sweep]
     top = max(cfg.concurrencies)
     sustained = next(r for r in rows if r["policy"] == "continuous" and r["concurrency"] == top)["requests_per_s"]
