@@ -133,6 +133,7 @@ class _EngineLoop:
         elif msg[0] == "close":
             self.drop(c)
 
+    # excerpt: fan-out
     def step(self) -> None:
         batches: dict[int, list] = {c: [] for c in self.clients}
         for out in self.engine.step():
@@ -149,6 +150,8 @@ class _EngineLoop:
             if batch or state != self.sent_state[c]:
                 self.sent_state[c] = state
                 self.send(c, ("outputs", batch, state))
+
+    # end-excerpt
 
     def run(self) -> None:
         """Take every queued command, then step while there is work; end with the last client."""

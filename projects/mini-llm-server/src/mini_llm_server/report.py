@@ -317,5 +317,5 @@ PROJECT = Project(
     bench=bench,
     headline=headline,
     # the GPU for every measurement, plus the one deliberate CPU measurement: the overload soak (soak.py)
-    publish=("h100-80gb-hbm3", "cpu-amd-epyc"),
+    publish=("h100-80gb-hbm3", "h200", "cpu-amd-epyc"),
 )
