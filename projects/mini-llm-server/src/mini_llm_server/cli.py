@@ -1,5 +1,5 @@
 """`mini-llm-server serve` (the HTTP service), `generate` (prompts through the engine), `load` (drive a server),
-`soak` (a bounded overload soak) and `bench` (through the harness)."""
+`soak` (a bounded overload soak), `bench` (through the harness), `serving-bench` and `step-bench` (GPU)."""
 
 from __future__ import annotations
 
@@ -152,6 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     sk.add_argument("--disconnect-fraction", type=float, default=0.2, help="clients that hang up mid-stream")
     sk.add_argument("--max-queue", type=int, default=16, help="the server's waiting-request bound")
     sub.add_parser("serving-bench", help="TTFT/ITL by policy and concurrency, then 2x overload (GPU)")
+    sub.add_parser("step-bench", help="GPU time of a decode step and of steps carrying prompts, by size (GPU)")
     b = sub.add_parser("bench", help="the offline throughput benchmark (same as `mlsys bench mini-llm-server`)")
     b.add_argument("--scale", choices=("auto", "gpu", "cpu"), default="auto")
     b.add_argument("--tables", action="store_true")
@@ -164,6 +165,12 @@ def main(argv: list[str] | None = None) -> int:
         return _soak(args)
     if args.command == "serving-bench":
         return _serving_bench(args)
+    if args.command == "step-bench":
+        from mini_llm_server.step_costs import main as step_bench
+
+        for path in step_bench():
+            print(f"wrote {path}")
+        return 0
     if args.command == "bench":
         from mlsys_bench.cli import main as mlsys_main
 

@@ -186,7 +186,7 @@ class MixedGraphs:
         self.meta, self.seq_meta, self.tables, self.tiles, self.ends = (self.inputs.on_device[k] for k in shapes)
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
         self.logits: dict[int, torch.Tensor] = {}
-        self.replays = 0
+        self.replays = self.last_tokens = self.last_size = 0
         if device.type == "cuda":
             self.graphs, self.logits = capture(device, self.sizes, self._forward)
 
@@ -233,6 +233,7 @@ class MixedGraphs:
         host["ends"][len(inputs.ends) : S] = 0
         self.inputs.upload()
         self.replays += 1
+        self.last_tokens, self.last_size = n, N  # what step_costs.py replays again
         self.runner.prepare_seconds += time.perf_counter() - t0
         if N in self.graphs:
             self.graphs[N].replay()

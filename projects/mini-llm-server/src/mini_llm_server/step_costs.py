@@ -1,0 +1,163 @@
+"""`mini-llm-server step-bench`: what one engine step costs on the GPU, by kind and size.
+
+A stream waits for every step, so its inter-token gaps are the steps' lengths. With B sequences decoding,
+a decode-only step replays the decode graph of padded batch B; a step that also carries a prompt replays
+the mixed graph of its padded token count. Here B sequences decode while prompts of growing length
+arrive one at a time, each followed by decode-only steps, and for each prompt length this measures: the
+GPU time of the step's graph (CUDA events around replays on that step's own inputs), the engine's
+interval for each kind of step (from one wait for the GPU to the next, as serving-bench reports them),
+and, for one prompt length, where the mixed step's kernel time goes (its forward run eagerly under the
+profiler, the same kernels its graph replays).
+
+Model: the TinyLlama-1.1B shape with random weights in bf16 (timing only).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+from mlsys_bench.environment import hardware_label
+from mlsys_bench.record import metric, param
+from mlsys_bench.timing import TimingConfig
+from tinyllm.model import Transformer
+from tinyllm.sampling import SamplingParams
+
+from mini_llm_server.config import EngineConfig
+from mini_llm_server.engine import LLMEngine
+from mini_llm_server.load_record import service_context
+from mini_llm_server.report import TINYLLAMA
+
+# kernel families of a mixed step's forward, by a substring of the kernel's name
+MIXED_KERNELS = {"_paged_varlen": "varlen attention", "_rope_cache": "rotary + KV-cache write",
+                 "_add_rmsnorm": "residual add + RMSNorm", "_silu_mul": "SiLU(gate) * up", "_embed": "embedding",
+                 "nvjet": "projections and LM head (cuBLAS)", "gemm": "projections and LM head (cuBLAS)"}  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StepCostConfig:
+    decodes: int = 31  # sequences decoding beside each prompt: with it, the serving goal's 32 streams
+    context: int = 100  # the decoding sequences' prompt length
+    prompt_tokens: tuple[int, ...] = (16, 64, 150, 400)
+    max_num_batched_tokens: int = 512  # serving-bench's default step budget: the largest mixed graph
+    prompts_per_length: int = 8
+    decode_steps_between: int = 6
+    replays: int = 20
+    profile_prompt: int = 150
+
+
+def _gpu_ms(fn, repeats: int) -> float:
+    """The mean GPU time of `repeats` back-to-back calls between two CUDA events, after 3 warm-up calls."""
+    for _ in range(3):
+        fn()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    torch.cuda.synchronize()
+    start.record()
+    for _ in range(repeats):
+        fn()
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end) / repeats
+
+
+def _kernel_families(forward, repeats: int = 3) -> list[dict]:
+    from torch.profiler import ProfilerActivity, profile
+
+    with torch.no_grad():
+        forward()
+        torch.cuda.synchronize()
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            for _ in range(repeats):
+                forward()
+            torch.cuda.synchronize()
+    families: dict[str, list[float]] = {}
+    for e in prof.events():
+        if e.device_type.name != "CUDA":
+            continue
+        name = next((f for key, f in MIXED_KERNELS.items() if key in e.name), "other")
+        calls_us = families.setdefault(name, [0, 0.0])
+        calls_us[0] += 1
+        calls_us[1] += e.device_time_total
+    return [{"kernel": k, "calls_per_step": n / repeats, "us_per_step": us / repeats}
+            for k, (n, us) in sorted(families.items(), key=lambda kv: -kv[1][1])]  # fmt: skip
+
+
+def measure(model: Transformer, cfg: StepCostConfig) -> tuple[list[dict], list[dict]]:
+    """(a row per prompt length, and the decode-only row first; the profiled mixed step's kernel families)."""
+    engine = LLMEngine(model, EngineConfig(max_num_seqs=128, max_num_batched_tokens=cfg.max_num_batched_tokens))
+    runner, gen = engine.runner, torch.Generator().manual_seed(0)
+    if runner.decode_graphs is None or runner.mixed_graphs is None:
+        raise RuntimeError("step-bench measures the CUDA-graph steps: it needs the paged kernels on a GPU")
+    vocab = model.cfg.vocab_size
+    long_run = SamplingParams(temperature=0.0, max_new_tokens=100_000)
+    for _ in range(cfg.decodes):
+        engine.add_request(torch.randint(0, vocab, (cfg.context,), generator=gen).tolist(), long_run)
+    for _ in range(cfg.context * cfg.decodes // cfg.max_num_batched_tokens + 20):  # prompts in, then decodes
+        engine.step()
+    mixed = runner.mixed_graphs
+    decode_graph = next(g for g in runner.decode_graphs.sizes if g >= cfg.decodes)
+    rows = [{"kind": "decode", "prompt_tokens": 0, "step_tokens": cfg.decodes, "graph_tokens": decode_graph,
+             "graph_ms": _gpu_ms(runner.decode_graphs.graphs[decode_graph].replay, cfg.replays)}]  # fmt: skip
+    kernels, intervals = [], []
+    try:
+        for plen in cfg.prompt_tokens:
+            before = engine.metrics()
+            graph_ms = []
+            for i in range(cfg.prompts_per_length + 1):
+                short = SamplingParams(temperature=0.0, max_new_tokens=2)  # gone before the next prompt
+                engine.add_request(torch.randint(0, vocab, (plen,), generator=gen).tolist(), short)
+                if i == cfg.prompts_per_length:  # the replays below would lengthen the engine's intervals
+                    after = engine.metrics()
+                engine.step()
+                if i == cfg.prompts_per_length:  # the step just run: its graph, again, on its inputs
+                    graph_ms.append(_gpu_ms(mixed.graphs[mixed.last_size].replay, cfg.replays))
+                    if plen == cfg.profile_prompt:
+                        kernels = _kernel_families(lambda n=mixed.last_size: mixed._forward(n))
+                for _ in range(cfg.decode_steps_between):
+                    engine.step()
+            d = {k: after[k] - before[k] for k in after if isinstance(after[k], int | float)}
+            intervals.append(1e3 * d["decode_step_seconds"] / max(d["decode_steps"], 1))
+            rows.append({"kind": "mixed", "prompt_tokens": plen, "step_tokens": mixed.last_tokens,
+                         "graph_tokens": mixed.last_size,
+                         "graph_ms": graph_ms[0],
+                         "engine_interval_ms": 1e3 * d["mixed_step_seconds"] / max(d["mixed_steps"], 1)})  # fmt: skip
+    finally:
+        engine.close()
+    rows[0]["engine_interval_ms"] = sum(intervals) / len(intervals)  # the decode-only steps between prompts
+    return rows, [{"prompt_tokens": cfg.profile_prompt, **k} for k in kernels]
+
+
+def write_records(rows: list[dict], kernels: list[dict], cfg: StepCostConfig, device: torch.device) -> list:
+    ctx = service_context(hardware_label(device))
+    config = {**asdict(cfg), "model": "tinyllama-1.1b-random", "dtype": "bfloat16"}
+    ctx.record(benchmark="step_costs",
+               columns=[param("kind", "decode: decode-only; mixed: the decodes plus one prompt"),
+                        param("prompt_tokens", "the prompt's tokens in the step"),
+                        metric("step_tokens", "tokens", "tokens the step computes"),
+                        metric("graph_tokens", "tokens", "the captured graph's padded size"),
+                        metric("graph_ms", "ms", "GPU time of one replay of the step's graph, on its inputs"),
+                        metric("engine_interval_ms", "ms", "the engine's mean interval for steps of this kind")],
+               rows=rows, config=config, timing=TimingConfig(warmup=3, repeats=cfg.replays),
+               method="CUDA events around back-to-back graph replays; engine intervals from its metrics",
+               notes="Decode row: the decode-only steps between the prompts (interval averaged over every "
+               "prompt length).")  # fmt: skip
+    ctx.record(benchmark="mixed_kernels",
+               columns=[param("prompt_tokens"), param("kernel", "family"), metric("calls_per_step", "count"),
+                        metric("us_per_step", "us", "summed kernel time in one mixed step")],
+               rows=kernels, config=config, timing=TimingConfig(warmup=1, repeats=3),
+               method="torch.profiler (CUPTI kernel times) over the mixed graph's forward run eagerly",
+               notes="Kernel time only; the graph's replay time adds each kernel's launch and drain.")  # fmt: skip
+    return ctx.written
+
+
+def main() -> list:
+    if not torch.cuda.is_available():
+        raise SystemExit("step-bench measures CUDA-graph steps on a GPU; none is visible here")
+    device = torch.device("cuda")
+    torch.manual_seed(0)
+    model = Transformer(TINYLLAMA).to(device, torch.bfloat16).eval()
+    cfg = StepCostConfig()
+    rows, kernels = measure(model, cfg)
+    for r in rows:
+        print(f"  {r}", flush=True)
+    return write_records(rows, kernels, cfg, device)
