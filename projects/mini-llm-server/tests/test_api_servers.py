@@ -143,3 +143,10 @@ def test_stream_stats_rows_add_up_across_processes():
 def test_api_servers_need_one_process_at_least(parts):
     with pytest.raises(ValueError, match="count"):
         _start(parts, count=0)
+
+
+def test_serve_refuses_a_count_of_api_servers_below_one():
+    from mini_llm_server.cli import main
+
+    with pytest.raises(SystemExit, match="--api-servers must be >= 1"):
+        main(["serve", "--api-servers", "0"])

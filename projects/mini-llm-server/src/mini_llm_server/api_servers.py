@@ -44,7 +44,8 @@ def _api_main(conn: Connection, sock: socket.socket, tokenizer: Tokenizer, servi
         task = asyncio.ensure_future(server.serve(sockets=[sock]))
         while not server.started and not task.done():
             await asyncio.sleep(0.01)
-        ready.set()  # accepting: the starting process waits for every one before it says the service is up
+        if server.started:  # accepting: the starting process waits for every one before it says the service is up
+            ready.set()
         await task
 
     try:
