@@ -102,6 +102,8 @@ class _EngineLoop:
 
     def drop(self, c: int) -> None:
         """A client left (said close, or its process died): its requests end and free their blocks."""
+        if c not in self.clients:  # already gone
+            return
         for key in [k for k in self.engine_id if k[0] == c]:
             eid = self.engine_id.pop(key)
             del self.owner[eid]
