@@ -13,6 +13,7 @@ from __future__ import annotations
 import gc
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -138,33 +139,38 @@ DECODE_MODES = {"cuda-graphs": {}, "cuda-graphs, no overlap": {"overlap_steps": 
 # kernel families of the batch-1 decode forward, by a substring of the kernel's name
 KERNEL_FAMILIES = {"_gemv": "split-K GEMV (Q/K/V, O, gate/up with SwiGLU, down)",
                    "_paged_decode": "decode attention (with rotary and the cache write)",
-                   "_add_rmsnorm": "residual add + RMSNorm", "_embed": "embedding"}  # fmt: skip
+                   "_add_rmsnorm": "residual add + RMSNorm", "_embed": "embedding",
+                   "nvjet": "LM head (cuBLAS)", "gemm": "LM head (cuBLAS)"}  # fmt: skip
+
+
+def kernel_families(forward: Callable[[], object], families: dict[str, str], repeats: int = 5) -> list[dict]:
+    """GPU time per call of `forward` by kernel family (the first key of `families` in a kernel's name, else
+    "other"), from the profiler's kernel records over `repeats` calls after one warm-up."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with torch.no_grad():
+        forward()
+        torch.cuda.synchronize()
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            for _ in range(repeats):
+                forward()
+            torch.cuda.synchronize()
+    totals: dict[str, list[float]] = {}
+    for e in prof.events():
+        if e.device_type.name != "CUDA":
+            continue
+        name = next((f for key, f in families.items() if key in e.name), "other")
+        calls_us = totals.setdefault(name, [0, 0.0])
+        calls_us[0] += 1
+        calls_us[1] += e.device_time_total
+    return [{"kernel": k, "calls_per_step": n / repeats, "us_per_step": us / repeats}
+            for k, (n, us) in sorted(totals.items(), key=lambda kv: -kv[1][1])]  # fmt: skip
 
 
 def kernel_profile(graphs, repeats: int = 5) -> list[dict]:
     """GPU time per decode step by kernel family: the batch-1 graph's forward run eagerly under the profiler
     (the same kernels the graph replays, at the last step's context), summed per family."""
-    from torch.profiler import ProfilerActivity, profile
-
-    with torch.no_grad():
-        graphs._forward(1)
-        torch.cuda.synchronize()
-        with profile(activities=[ProfilerActivity.CUDA]) as prof:
-            for _ in range(repeats):
-                graphs._forward(1)
-            torch.cuda.synchronize()
-    families: dict[str, list[float]] = {}
-    for e in prof.events():
-        if e.device_type.name != "CUDA":
-            continue
-        name = next((f for key, f in KERNEL_FAMILIES.items() if key in e.name), None)
-        if name is None:  # cuBLAS's LM head, or torch's own
-            name = "LM head (cuBLAS)" if "nvjet" in e.name or "gemm" in e.name else "other"
-        calls_us = families.setdefault(name, [0, 0.0])
-        calls_us[0] += 1
-        calls_us[1] += e.device_time_total
-    return [{"kernel": k, "calls_per_step": n / repeats, "us_per_step": us / repeats}
-            for k, (n, us) in sorted(families.items(), key=lambda kv: -kv[1][1])]  # fmt: skip
+    return kernel_families(lambda: graphs._forward(1), KERNEL_FAMILIES, repeats)
 
 
 def decode_rate(model: Transformer, tokens: int, mode: str) -> dict:

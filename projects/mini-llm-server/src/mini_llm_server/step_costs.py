@@ -19,16 +19,16 @@ from dataclasses import asdict, dataclass
 import torch
 from mlsys_bench.environment import hardware_label
 from mlsys_bench.record import metric, param
-from mlsys_bench.timing import TimingConfig
+from mlsys_bench.timing import TimingConfig, time_gpu
 from tinyllm.model import Transformer
 from tinyllm.sampling import SamplingParams
 
 from mini_llm_server.config import EngineConfig
 from mini_llm_server.engine import LLMEngine
 from mini_llm_server.load_record import service_context
-from mini_llm_server.report import TINYLLAMA
+from mini_llm_server.report import TINYLLAMA, kernel_families
 
-# kernel families of a mixed step's forward, by a substring of the kernel's name
+# kernel families of a mixed step's forward, by a substring of the kernel's name (report.kernel_families)
 MIXED_KERNELS = {"_paged_varlen": "varlen attention", "_rope_cache": "rotary + KV-cache write",
                  "_add_rmsnorm": "residual add + RMSNorm", "_silu_mul": "SiLU(gate) * up", "_embed": "embedding",
                  "nvjet": "projections and LM head (cuBLAS)", "gemm": "projections and LM head (cuBLAS)"}  # fmt: skip
@@ -46,40 +46,12 @@ class StepCostConfig:
     profile_prompt: int = 150
 
 
-def _gpu_ms(fn, repeats: int) -> float:
-    """The mean GPU time of `repeats` back-to-back calls between two CUDA events, after 3 warm-up calls."""
-    for _ in range(3):
-        fn()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    torch.cuda.synchronize()
-    start.record()
-    for _ in range(repeats):
-        fn()
-    end.record()
-    torch.cuda.synchronize()
-    return start.elapsed_time(end) / repeats
+def _replay_timing(cfg: StepCostConfig) -> TimingConfig:
+    return TimingConfig(warmup=3, repeats=cfg.replays, prime_cycles_per_call=2_000_000)  # a replay is host work too
 
 
-def _kernel_families(forward, repeats: int = 3) -> list[dict]:
-    from torch.profiler import ProfilerActivity, profile
-
-    with torch.no_grad():
-        forward()
-        torch.cuda.synchronize()
-        with profile(activities=[ProfilerActivity.CUDA]) as prof:
-            for _ in range(repeats):
-                forward()
-            torch.cuda.synchronize()
-    families: dict[str, list[float]] = {}
-    for e in prof.events():
-        if e.device_type.name != "CUDA":
-            continue
-        name = next((f for key, f in MIXED_KERNELS.items() if key in e.name), "other")
-        calls_us = families.setdefault(name, [0, 0.0])
-        calls_us[0] += 1
-        calls_us[1] += e.device_time_total
-    return [{"kernel": k, "calls_per_step": n / repeats, "us_per_step": us / repeats}
-            for k, (n, us) in sorted(families.items(), key=lambda kv: -kv[1][1])]  # fmt: skip
+def _replay_ms(graph: torch.cuda.CUDAGraph, cfg: StepCostConfig) -> float:
+    return 1e3 * time_gpu(graph.replay, config=_replay_timing(cfg)).median
 
 
 def measure(model: Transformer, cfg: StepCostConfig) -> tuple[list[dict], list[dict]]:
@@ -97,7 +69,7 @@ def measure(model: Transformer, cfg: StepCostConfig) -> tuple[list[dict], list[d
     mixed = runner.mixed_graphs
     decode_graph = next(g for g in runner.decode_graphs.sizes if g >= cfg.decodes)
     rows = [{"kind": "decode", "prompt_tokens": 0, "step_tokens": cfg.decodes, "graph_tokens": decode_graph,
-             "graph_ms": _gpu_ms(runner.decode_graphs.graphs[decode_graph].replay, cfg.replays)}]  # fmt: skip
+             "graph_ms": _replay_ms(runner.decode_graphs.graphs[decode_graph], cfg)}]  # fmt: skip
     kernels, intervals = [], []
     try:
         for plen in cfg.prompt_tokens:
@@ -110,9 +82,9 @@ def measure(model: Transformer, cfg: StepCostConfig) -> tuple[list[dict], list[d
                     after = engine.metrics()
                 engine.step()
                 if i == cfg.prompts_per_length:  # the step just run: its graph, again, on its inputs
-                    graph_ms.append(_gpu_ms(mixed.graphs[mixed.last_size].replay, cfg.replays))
+                    graph_ms.append(_replay_ms(mixed.graphs[mixed.last_size], cfg))
                     if plen == cfg.profile_prompt:
-                        kernels = _kernel_families(lambda n=mixed.last_size: mixed._forward(n))
+                        kernels = kernel_families(lambda n=mixed.last_size: mixed._forward(n), MIXED_KERNELS, 3)
                 for _ in range(cfg.decode_steps_between):
                     engine.step()
             d = {k: after[k] - before[k] for k in after if isinstance(after[k], int | float)}
@@ -137,8 +109,8 @@ def write_records(rows: list[dict], kernels: list[dict], cfg: StepCostConfig, de
                         metric("graph_tokens", "tokens", "the captured graph's padded size"),
                         metric("graph_ms", "ms", "GPU time of one replay of the step's graph, on its inputs"),
                         metric("engine_interval_ms", "ms", "the engine's mean interval for steps of this kind")],
-               rows=rows, config=config, timing=TimingConfig(warmup=3, repeats=cfg.replays),
-               method="CUDA events around back-to-back graph replays; engine intervals from its metrics",
+               rows=rows, config=config, timing=_replay_timing(cfg),
+               method="graph_ms: CUDA events around each replay, median (time_gpu); engine intervals from its metrics",
                notes="Decode row: the decode-only steps between the prompts (interval averaged over every "
                "prompt length).")  # fmt: skip
     ctx.record(benchmark="mixed_kernels",
