@@ -16,3 +16,24 @@ def parts():
     cfg = ModelConfig(vocab_size=tok.vocab_size, dim=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=128,
                       max_seq_len=1024)  # fmt: skip
     return Transformer(cfg).eval(), tok
+
+
+@pytest.fixture
+def hang_up_mid_stream():
+    """A client that asks for a long stream, reads three lines of it and hangs up; then waits (up to 60 s)
+    until `freed()` says the server let go of the request."""
+    import time
+
+    import httpx
+
+    def hang_up(url: str, model: str, freed) -> None:
+        body = {"model": model, "prompt": "hello", "max_tokens": 240, "temperature": 0.8, "stream": True}
+        with httpx.stream("POST", url + "/v1/completions", json=body) as r:
+            for i, _ in enumerate(r.iter_lines()):
+                if i == 3:
+                    break
+        deadline = time.time() + 60
+        while not freed() and time.time() < deadline:
+            time.sleep(0.05)
+
+    return hang_up

@@ -58,17 +58,9 @@ def _engine_metrics(served) -> dict:
     return asyncio.run(served["engine"].metrics())  # from this thread's own loop, beside the server's
 
 
-def test_disconnect_mid_stream_aborts_in_the_child_and_frees_its_blocks(served):
+def test_disconnect_mid_stream_aborts_in_the_child_and_frees_its_blocks(served, hang_up_mid_stream):
     before = _engine_metrics(served)["tokens_generated"]
-    with httpx.stream("POST", served["url"] + "/v1/completions",
-                      json={"model": "p", "prompt": "hello", "max_tokens": 240, "temperature": 0.8,
-                            "stream": True}) as r:  # fmt: skip
-        for i, _ in enumerate(r.iter_lines()):
-            if i == 3:
-                break
-    deadline = time.time() + 60
-    while _kv_blocks_used(served["url"]) and time.time() < deadline:
-        time.sleep(0.05)
+    hang_up_mid_stream(served["url"], "p", lambda: _kv_blocks_used(served["url"]) == 0)
     m = _engine_metrics(served)
     assert m["kv_blocks_used"] == 0 and m["running"] == 0
     assert m["tokens_generated"] - before < 240  # aborted, not run to its end
