@@ -74,6 +74,30 @@ def test_step_time_is_split_four_ways(model, backend):
     assert 0 < m["decode_step_seconds"] + m["mixed_step_seconds"] <= wall
 
 
+def test_engine_counts_one_inter_token_gap_per_token_after_the_first(model):
+    import time
+
+    engine = LLMEngine(model, EngineConfig(num_blocks=64, block_size=4))
+    prompts = _prompts(4, seed=15)
+    t0 = time.perf_counter()
+    outputs = engine.generate(prompts, GREEDY)
+    wall_ms = 1e3 * (time.perf_counter() - t0)
+    assert sum(engine.itl_counts) == sum(len(o) for o in outputs) - len(prompts)
+    m = engine.metrics()
+    assert 0 < m["itl_p50_ms"] <= m["itl_p95_ms"] <= m["itl_p99_ms"] <= wall_ms
+
+
+def test_histogram_percentiles_read_the_upper_edge_of_their_bin():
+    from mini_llm_server.engine import histogram_percentile_ms
+
+    counts = [0, 90, 0, 9, 1]  # 10-us bins: 90 gaps in [10, 20) us, 9 in [30, 40), 1 in [40, 50)
+    assert histogram_percentile_ms(counts, 50) == pytest.approx(0.02)
+    assert histogram_percentile_ms(counts, 90) == pytest.approx(0.02)
+    assert histogram_percentile_ms(counts, 95) == pytest.approx(0.04)
+    assert histogram_percentile_ms(counts, 99.5) == pytest.approx(0.05)
+    assert histogram_percentile_ms([0, 0], 95) == 0.0
+
+
 def test_admission_waits_for_a_group_while_others_decode(model):
     engine = LLMEngine(model, EngineConfig(num_blocks=256, block_size=4, max_num_seqs=4, min_admission=3))
     prompts = _prompts(9, seed=13)

@@ -16,19 +16,21 @@ def _check(device, dtype, atol):
             torch.testing.assert_close(a, b, atol=atol, rtol=atol)
     gate_up = torch.randn(3, 2 * 1500, generator=g).to(device, dtype) * 4  # F = 1500: two column blocks
     torch.testing.assert_close(silu_mul(gate_up, True), silu_mul(gate_up, False), atol=atol, rtol=atol)
-    H, KV, D, N = 4, 2, 32, 6
-    qkv = torch.randn(N, (H + 2 * KV) * D, generator=g).to(device, dtype)
-    angles = torch.rand(20, D // 2, generator=g) * 50  # a table of 20 positions, read at each token's
-    cos, sin = (f(torch.cat([angles, angles], -1)).to(device, dtype) for f in (torch.cos, torch.sin))
-    positions = torch.tensor([19, 3, 0, 3, 11, 7], device=device)
-    slots = torch.tensor([7, 0, 3, 12, 5, 9], device=device)
-    caches = []
-    for use_triton in (True, False):
-        k_cache, v_cache = (torch.full((16, KV, D), float("nan"), device=device, dtype=dtype) for _ in range(2))
-        q = rope_and_cache(qkv, cos, sin, positions, slots, k_cache, v_cache, H, use_triton)
-        caches.append((q, k_cache, v_cache))
-    for a, b in zip(*caches, strict=True):  # the same Q, and the same slots written (NaN elsewhere in both)
-        torch.testing.assert_close(a, b, atol=atol, rtol=atol, equal_nan=True)
+    # H + KV = 6 and 9 heads, KV = 2 and 3: both padded to the kernel's power-of-two head counts
+    for H, KV in ((4, 2), (6, 3)):
+        D, N = 32, 6
+        qkv = torch.randn(N, (H + 2 * KV) * D, generator=g).to(device, dtype)
+        angles = torch.rand(20, D // 2, generator=g) * 50  # a table of 20 positions, read at each token's
+        cos, sin = (f(torch.cat([angles, angles], -1)).to(device, dtype) for f in (torch.cos, torch.sin))
+        positions = torch.tensor([19, 3, 0, 3, 11, 7], device=device)
+        slots = torch.tensor([7, 0, 3, 12, 5, 9], device=device)
+        caches = []
+        for use_triton in (True, False):
+            k_cache, v_cache = (torch.full((16, KV, D), float("nan"), device=device, dtype=dtype) for _ in range(2))
+            q = rope_and_cache(qkv, cos, sin, positions, slots, k_cache, v_cache, H, use_triton)
+            caches.append((q, k_cache, v_cache))
+        for a, b in zip(*caches, strict=True):  # the same Q, and the same slots written (NaN elsewhere in both)
+            torch.testing.assert_close(a, b, atol=atol, rtol=atol, equal_nan=True)
     table = torch.randn(50, 96, generator=g).to(device, dtype)
     tokens = torch.tensor([4, 0, 49, 7], device=device)
     feeds, sampled = torch.tensor([-1, 2, -1, 0], device=device), torch.tensor([31, 9, 12], device=device)

@@ -29,6 +29,24 @@ from mini_llm_server.scheduler import Scheduler
 from mini_llm_server.sequence import Sequence, Status
 
 CPU_KV_BYTES = 256 * 2**20
+# The engine's own inter-token intervals (a sequence's consecutive tokens, as the host reads them) are counted
+# in bins of this width, up to ITL_BINS of them (longer gaps in the last): what the engine alone contributes to
+# a stream's inter-token latency, before the HTTP side delivers it.
+ITL_BIN_S, ITL_BINS = 10e-6, 5000
+
+
+def histogram_percentile_ms(counts: list[int], q: float, bin_s: float = ITL_BIN_S) -> float:
+    """The q-th percentile (0-100) of values counted in `counts` (bin i: [i, i + 1) x bin_s), in ms, at the
+    upper edge of its bin; 0 with nothing counted."""
+    total = sum(counts)
+    if not total:
+        return 0.0
+    rank, seen = q / 100 * total, 0
+    for i, c in enumerate(counts):
+        seen += c
+        if seen >= rank and c:
+            return 1e3 * (i + 1) * bin_s
+    return 1e3 * len(counts) * bin_s
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +116,7 @@ class LLMEngine:
         self._unfinished_kinds: list[str] = []  # launched steps the host has not yet seen done, oldest first
         self._last_wait = 0.0
         self.num_steps = self.tokens_computed = self.tokens_generated = 0
+        self.itl_counts = [0] * ITL_BINS
         self.peak_blocks_used, self.kv_util_at_peak = 0, 0.0
 
     # -- requests ------------------------------------------------------------------------------------------
@@ -216,8 +235,10 @@ class LLMEngine:
             live = [seq for seq in sampling if not seq.finished]
             if len(live) < len(sampling):  # ended by the token just read: their rows are dropped
                 logits = logits[[i for i, seq in enumerate(sampling) if not seq.finished]]
-            for seq, token in zip(live, self._sample(logits, live), strict=True):
-                self._append(seq, token, outputs)
+            tokens = self._sample(logits, live)
+            now = time.perf_counter()
+            for seq, token in zip(live, tokens, strict=True):
+                self._append(seq, token, outputs, now)
             if live:  # reading their tokens waited for this step
                 self._steps_done()
         t3 = time.perf_counter()
@@ -237,11 +258,12 @@ class LLMEngine:
             launched.ready.synchronize()
         self._steps_done()
         outputs: list[RequestOutput] = []
+        now = time.perf_counter()
         for seq, token in zip(launched.seqs, launched.tokens.tolist(), strict=True):
             if seq.finished:  # aborted, timed out, or ended by its previous token
                 continue
             seq.num_pending -= 1
-            self._append(seq, token, outputs)
+            self._append(seq, token, outputs, now)
         return outputs
 
     def _steps_done(self) -> None:
@@ -255,7 +277,10 @@ class LLMEngine:
             self.seconds_by_kind[kind] += now - self._last_wait
         self._unfinished_kinds, self._last_wait = [], now
 
-    def _append(self, seq: Sequence, token: int, outputs: list[RequestOutput]) -> None:
+    def _append(self, seq: Sequence, token: int, outputs: list[RequestOutput], now: float) -> None:
+        if seq.output:
+            self.itl_counts[min(int((now - seq.last_token_at) / ITL_BIN_S), ITL_BINS - 1)] += 1
+        seq.last_token_at = now
         seq.output.append(token)
         self.tokens_generated += 1
         reason = self._stop_reason(seq, token)
@@ -331,4 +356,5 @@ class LLMEngine:
             **{f"{k}_seconds": v for k, v in self.step_seconds.items()},
             **{f"{k}_steps": v for k, v in self.steps_by_kind.items()},
             **{f"{k}_step_seconds": v for k, v in self.seconds_by_kind.items()},
+            **{f"itl_p{q}_ms": histogram_percentile_ms(self.itl_counts, q) for q in (50, 95, 99)},
         }

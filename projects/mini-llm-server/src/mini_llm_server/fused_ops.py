@@ -118,25 +118,30 @@ def _silu_mul_kernel(GU, OUT, stride_gu, stride_gus, stride_o, F, GU_SPLITS: tl.
 @triton.jit
 def _rope_cache_kernel(QKV, COS, SIN, POS, SLOTS, Q_OUT, K_CACHE, V_CACHE,
                        stride_qkv, stride_qkvs, stride_cs, stride_qn, stride_qh, stride_ks, stride_kh, stride_vs,
-                       stride_vh, H, KV, HALF: tl.constexpr, QKV_SPLITS: tl.constexpr):  # fmt: skip
-    n, h = tl.program_id(0), tl.program_id(1)  # h: a query head (< H) or a KV head (H + j)
+                       stride_vh, H, KV, HALF: tl.constexpr, HEADS: tl.constexpr, KV_HEADS: tl.constexpr,
+                       QKV_SPLITS: tl.constexpr):  # fmt: skip
+    # One program per token, all its heads at once: the rows h < H are query heads, H <= h < H + KV key
+    # heads. A program per (token, head) made 36 programs of 64 elements per token, and at a few hundred
+    # tokens the launch's scheduling, not its bytes, set its time.
+    n = tl.program_id(0)
+    h = tl.arange(0, HEADS)
     d = tl.arange(0, 2 * HALF)
-    always = d < 2 * HALF
     pos = tl.load(POS + n).to(tl.int64)
     cos = tl.load(COS + pos * stride_cs + d).to(tl.float32)
     sin = tl.load(SIN + pos * stride_cs + d).to(tl.float32)
     dt = Q_OUT.dtype.element_ty
-    head = QKV + n * stride_qkv + h * 2 * HALF
-    x = rotated(head + d, head + (d + HALF) % (2 * HALF), always, tl.where(d < HALF, -1.0, 1.0), cos, sin,
-                stride_qkvs, QKV_SPLITS, dt)  # fmt: skip
-    if h < H:
-        tl.store(Q_OUT + n * stride_qn + h * stride_qh + d, x)
-    else:
-        j = h - H
-        slot = tl.load(SLOTS + n).to(tl.int64)
-        tl.store(K_CACHE + slot * stride_ks + j * stride_kh + d, x)
-        v = load_projection(QKV + n * stride_qkv + (H + KV + j) * 2 * HALF + d, always, stride_qkvs, QKV_SPLITS, dt)
-        tl.store(V_CACHE + slot * stride_vs + j * stride_vh + d, v)
+    head = QKV + n * stride_qkv + h[:, None] * 2 * HALF
+    x = rotated(head + d[None, :], head + ((d + HALF) % (2 * HALF))[None, :], (h < H + KV)[:, None],
+                tl.where(d < HALF, -1.0, 1.0)[None, :], cos[None, :], sin[None, :], stride_qkvs, QKV_SPLITS,
+                dt)  # fmt: skip
+    tl.store(Q_OUT + n * stride_qn + h[:, None] * stride_qh + d[None, :], x, mask=(h < H)[:, None])
+    slot = tl.load(SLOTS + n).to(tl.int64)
+    is_k = (h >= H) & (h < H + KV)
+    tl.store(K_CACHE + slot * stride_ks + (h - H)[:, None] * stride_kh + d[None, :], x, mask=is_k[:, None])
+    j = tl.arange(0, KV_HEADS)
+    v = load_projection(QKV + n * stride_qkv + (H + KV + j)[:, None] * 2 * HALF + d[None, :], (j < KV)[:, None],
+                        stride_qkvs, QKV_SPLITS, dt)  # fmt: skip
+    tl.store(V_CACHE + slot * stride_vs + j[:, None] * stride_vh + d[None, :], v, mask=(j < KV)[:, None])
 
 
 def rope_and_cache(
@@ -166,10 +171,11 @@ def rope_and_cache(
         return apply_rope(q.view(-1, H, D), cos[:, None], sin[:, None])
     q = k_cache.new_empty(N, H, D)
     splits, stride_split, stride_row = split_layout(qkv)
-    _rope_cache_kernel[(N, H + KV)](qkv, cos, sin, positions, slots, q, k_cache, v_cache, stride_row, stride_split,
-                                    cos.stride(0), q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1),
-                                    v_cache.stride(0), v_cache.stride(1), H, KV, HALF=D // 2,
-                                    QKV_SPLITS=splits)  # fmt: skip
+    _rope_cache_kernel[(N,)](qkv, cos, sin, positions, slots, q, k_cache, v_cache, stride_row, stride_split,
+                             cos.stride(0), q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1),
+                             v_cache.stride(0), v_cache.stride(1), H, KV, HALF=D // 2,
+                             HEADS=triton.next_power_of_2(H + KV), KV_HEADS=triton.next_power_of_2(KV),
+                             QKV_SPLITS=splits)  # fmt: skip
     return q
 
 

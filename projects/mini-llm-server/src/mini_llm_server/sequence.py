@@ -39,6 +39,7 @@ class Sequence:
     # is row `sampled_row` of the model runner's `sampled` buffer, where the next step's forward reads it.
     num_pending: int = 0
     sampled_row: int = -1
+    last_token_at: float = 0.0  # perf_counter time the host read the newest output token
 
     @property
     def tokens(self) -> list[int]:

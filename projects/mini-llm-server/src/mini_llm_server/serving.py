@@ -141,6 +141,8 @@ def _point(model: Transformer, tok: Tokenizer, engine_config: EngineConfig, load
     for kind in ("decode", "mixed"):  # how long each kind of step takes, and how many steps carry prompts
         summary[f"{kind}_step_ms"] = 1e3 * m[f"{kind}_step_seconds"] / max(m[f"{kind}_steps"], 1)
     summary["mixed_step_share"] = m["mixed_steps"] / max(m["steps"], 1)
+    for q in (50, 95, 99):  # the engine's own inter-token gaps, as it reads the tokens: the tail before delivery
+        summary[f"engine_itl_p{q}_ms"] = m[f"itl_p{q}_ms"]
     release_memory(model.lm_head.weight.device)
     return summary
 
