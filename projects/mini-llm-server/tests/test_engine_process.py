@@ -112,3 +112,34 @@ def test_a_client_whose_pipe_breaks_loses_its_requests_and_their_blocks(parts):
         other.close()
         proc.join(30)
     assert proc.exitcode == 0  # it ended with its last client
+
+
+def test_a_client_reading_on_its_event_loop_streams_and_learns_of_the_engines_death(parts):
+    """An on_loop client (as in each API server process): the loop reads the pipe itself; when the engine
+    dies, an open stream ends and a question fails instead of hanging."""
+    from mini_llm_server.engine_process import EngineClient, start_engine
+
+    model, tok = parts
+    proc, (conn,) = start_engine(functools.partial(copy_of, model, tok), CONFIG)
+    client = EngineClient(conn, CONFIG.block_size, on_loop=True)
+    prompt = tok.encode("hello")
+    want = LLMEngine(model, CONFIG).generate([prompt], SamplingParams(temperature=0.0, max_new_tokens=6))[0]
+
+    async def run():
+        client.attach()
+        outs = [o async for o in client.stream(prompt, SamplingParams(temperature=0.0, max_new_tokens=6))]
+        assert outs[-1].finished and outs[-1].output == want
+        assert (await asyncio.wait_for(client.metrics(), 10))["kv_blocks_used"] == 0
+        stream = client.stream(prompt, SamplingParams(temperature=0.8, max_new_tokens=400))
+        await anext(stream)
+        proc.kill()
+        outs = [o async for o in stream]  # ends at once, not after 400 tokens that will never come
+        assert outs[-1].finished and outs[-1].finish_reason == "engine-exited"
+        with pytest.raises((RuntimeError, BrokenPipeError, ConnectionResetError)):
+            await asyncio.wait_for(client.metrics(), 10)
+
+    try:
+        asyncio.run(asyncio.wait_for(run(), 60))
+    finally:
+        client.close()
+        proc.join(10)

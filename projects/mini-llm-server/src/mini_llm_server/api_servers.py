@@ -36,11 +36,12 @@ def _api_main(conn: Connection, sock: socket.socket, tokenizer: Tokenizer, servi
     """One API server process: uvicorn on the shared socket, in front of its own pipe to the engine."""
     import uvicorn
 
-    engine = EngineClient(conn, block_size)
+    engine = EngineClient(conn, block_size, on_loop=True)
     app = create_app(engine, tokenizer, service, StreamStats(cells, row))
     server = uvicorn.Server(uvicorn.Config(app, log_level=log_level))
 
     async def serve() -> None:
+        engine.attach()  # the engine's messages are read on this loop, which serves the streams
         task = asyncio.ensure_future(server.serve(sockets=[sock]))
         while not server.started and not task.done():
             await asyncio.sleep(0.01)
