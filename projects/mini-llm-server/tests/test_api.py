@@ -187,6 +187,7 @@ def test_a_split_load_runs_in_client_processes(stack):
         summary = summarize(*run_split(cfg, pool, 2))
     assert summary["requests"] == 6 and summary["errors"] == 0, summary
     assert summary["ok"] + summary["rejected_429"] == 6 and summary["ok"] > 0
+    assert 0 < summary["client_cpu_share"] < 1.5  # the busiest client process's CPU seconds over its wall time
 
 
 def test_load_command_needs_a_client_process():

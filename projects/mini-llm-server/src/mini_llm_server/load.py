@@ -140,9 +140,11 @@ async def run(cfg: LoadConfig) -> tuple[list[Result], float]:
         return results, time.perf_counter() - t0
 
 
-def drive(cfg: LoadConfig) -> tuple[list[Result], float]:
-    """run() in a process of its own (a client process's task)."""
-    return asyncio.run(run(cfg))
+def drive(cfg: LoadConfig) -> tuple[list[Result], float, float]:
+    """run() in a process of its own (a client process's task); also the CPU seconds it took."""
+    cpu = time.process_time()
+    results, wall = asyncio.run(run(cfg))
+    return results, wall, time.process_time() - cpu
 
 
 def ready() -> None:
@@ -157,16 +159,19 @@ def client_pool(processes: int) -> ProcessPoolExecutor:
     return pool
 
 
-def run_split(cfg: LoadConfig, pool: Executor, processes: int) -> tuple[list[Result], float]:
+def run_split(cfg: LoadConfig, pool: Executor, processes: int) -> tuple[list[Result], float, float]:
     """The load cut into `processes` parts (split), each driven in a process of `pool` at the same time; the
-    results of all, and the wall time of the longest (the parts start together)."""
+    results of all, the wall time of the longest (the parts start together), and the busiest client process's
+    CPU share (its CPU seconds over its wall time). A client process near 1 sets the pace itself: a step's
+    tokens for its streams wait in it behind each other, and the wait is counted as the server's."""
     futures = [pool.submit(drive, part) for part in split(cfg, processes)]
-    results, wall = [], 0.0
+    results, wall, busiest = [], 0.0, 0.0
     for f in futures:
-        part_results, part_wall = f.result()
+        part_results, part_wall, part_cpu = f.result()
         results += part_results
         wall = max(wall, part_wall)
-    return results, wall
+        busiest = max(busiest, part_cpu / part_wall)
+    return results, wall, busiest
 
 
 def _pct(values: list[float], q: float) -> float | None:
@@ -177,7 +182,7 @@ def _pct(values: list[float], q: float) -> float | None:
     return statistics.quantiles(values, n=100, method="inclusive")[round(q) - 1]
 
 
-def summarize(results: list[Result], wall: float) -> dict:
+def summarize(results: list[Result], wall: float, client_cpu_share: float | None = None) -> dict:
     ok = [r for r in results if r.status == 200 and r.error is None]
     ttft = [r.ttft for r in ok if r.ttft is not None]
     itl = [g for r in ok for g in r.itl]
@@ -193,4 +198,6 @@ def summarize(results: list[Result], wall: float) -> dict:
         for q in (50, 95, 99):
             v = _pct(values, q)
             summary[f"{name}_p{q}_ms"] = None if v is None else v * 1e3
+    if client_cpu_share is not None:  # from run_split: the busiest client process's
+        summary["client_cpu_share"] = client_cpu_share
     return summary
