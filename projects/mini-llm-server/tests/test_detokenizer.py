@@ -13,7 +13,7 @@ def tok():
 
 
 def stream(tok, ids):
-    det, pieces = IncrementalDetokenizer(tok.decode), []
+    det, pieces = IncrementalDetokenizer(tok), []
     for n in range(1, len(ids) + 1):
         pieces.append(det.new_text(ids[:n]))
     return pieces
@@ -32,3 +32,20 @@ def test_random_ids_never_emit_text_the_full_decode_does_not_start_with(tok):
     for _ in range(50):
         ids = [rng.randrange(tok.vocab_size) for _ in range(rng.randrange(1, 40))]
         assert tok.decode(ids).startswith("".join(stream(tok, ids)))
+
+
+def test_tokens_arriving_several_at_a_time_give_the_same_text(tok):
+    """A stream that fell behind the engine takes every token since it last looked in one call."""
+    ids = tok.encode("naïve café, 日本語のテキスト 🎉 and the lazy dog")
+    det, pieces, n = IncrementalDetokenizer(tok), [], 0
+    for step in (1, 3, 2, 5, 1, 4, 100):
+        n = min(n + step, len(ids))
+        pieces.append(det.new_text(ids[:n]))
+    assert "".join(pieces) == tok.decode(ids)
+    assert det.new_text(ids) == ""  # nothing new: no text
+
+
+def test_special_tokens_are_skipped_as_the_full_decode_skips_them(tok):
+    ids = tok.encode("the quick brown fox")
+    ids = ids[:2] + [tok.eos_id] + ids[2:]
+    assert "".join(stream(tok, ids)) == tok.decode(ids) == tok.decode([i for i in ids if i != tok.eos_id])

@@ -170,7 +170,7 @@ def create_app(
             field = str(e).split(":", 1)[0]
             raise ApiError(400, str(e), field if field in ("prompt", "timeout") else None) from None
         sent, t_start, t_last = "", time.perf_counter(), None
-        text_stream = IncrementalDetokenizer(tokenizer.decode)
+        text_stream = IncrementalDetokenizer(tokenizer)
         out = first
         while True:
             now = time.perf_counter()

@@ -1,28 +1,27 @@
-"""Streaming text from a growing list of token ids without decoding the whole output at every token.
+"""Streaming text from a growing list of token ids, one token's work per token.
 
-A full decode per token costs O(output length) per token. Byte-level BPE needs only a little left
-context to give a token its text right (a leading space, a character split over several tokens), so each
-step decodes a short window twice: from the first token of the last emitted piece to what was already
-emitted, and to the end; the difference is the new text. A window ending inside a UTF-8 character
-decodes to U+FFFD, and its text is held back until the character is complete.
+A full decode per token costs O(output length) per token; byte-level BPE needs only a little left context
+to give a token its text right (a leading space, a character split over several tokens). The tokenizers
+library's DecodeStream keeps that context itself and returns each new piece of text in one call, where a
+hand-rolled version decoded two short windows per token. A token that ends inside a UTF-8 character
+yields no text until the character is complete.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
+
+from tinyllm.tokenizer import Tokenizer
+from tokenizers.decoders import DecodeStream
 
 
 class IncrementalDetokenizer:
-    def __init__(self, decode: Callable[[Sequence[int]], str]) -> None:
-        self.decode = decode
-        self.window_start = 0  # the context tokens of the next decode
-        self.emitted = 0  # tokens whose text has been returned
+    def __init__(self, tokenizer: Tokenizer) -> None:
+        self.tokenizer = tokenizer.tk
+        self.stream = DecodeStream(skip_special_tokens=True)  # as Tokenizer.decode
+        self.fed = 0  # tokens given to the stream so far
 
     def new_text(self, tokens: Sequence[int]) -> str:
         """The text that `tokens` (the whole output so far) adds since the last call; '' while held back."""
-        before = self.decode(tokens[self.window_start : self.emitted])
-        after = self.decode(tokens[self.window_start :])
-        if len(after) <= len(before) or after.endswith("\ufffd"):
-            return ""
-        self.window_start, self.emitted = self.emitted, len(tokens)
-        return after[len(before) :]
+        new, self.fed = list(tokens[self.fed :]), len(tokens)
+        return (self.stream.step(self.tokenizer, new) or "") if new else ""
