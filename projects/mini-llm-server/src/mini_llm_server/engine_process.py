@@ -227,8 +227,8 @@ class EngineClient:
         """Read the engine's messages on the running event loop from now on (an on_loop client: an API server
         process, whose loop lives as long as it does). A step's tokens then reach their streams in one wake-up
         of the loop. Through a reader thread they took two hand-overs, each up to the interpreter's switch
-        interval when the loop held the lock: the thread's wake-up, then its call into the loop (on the H200
-        at 32 streams, p95 of 0.3 ms for each)."""
+        interval when the loop held the lock: the thread's wake-up, then its call into the loop (a probe on the
+        H200 at 32 streams timed each at a p95 of 0.3 ms)."""
         assert self._on_loop and self._loop is None, "attach: only once, and only for an on_loop client"
         self._loop = asyncio.get_running_loop()
         self._loop.add_reader(self._conn.fileno(), self._read_ready)
