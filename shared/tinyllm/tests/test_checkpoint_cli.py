@@ -85,6 +85,12 @@ def test_registry(ckpt, tmp_path, monkeypatch):
         registry.load("small")
     with pytest.raises(FileNotFoundError, match="neither a checkpoint directory nor a preset"):
         registry.load("no-such-model")
+    assert registry.tokenizer(ckpt).tk.get_vocab() == tok.tk.get_vocab()
+    alone = registry.tokenizer("tiny")  # not trained in this cache: the tokenizer alone, nothing saved
+    assert alone.decode(alone.encode("hello world")) == "hello world" and alone.eos_id is not None
+    assert not registry.preset_dir("tiny").exists() or not any(registry.preset_dir("tiny").iterdir())
+    with pytest.raises(FileNotFoundError, match="neither a checkpoint directory nor a preset"):
+        registry.tokenizer("no-such-model")
 
 
 def test_cli(ckpt, capsys):

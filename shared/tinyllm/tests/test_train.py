@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 from tinyllm.presets import PRESETS, get_preset
-from tinyllm.train import lr_at, train
+from tinyllm.train import lr_at, preset_tokenizer, train
 
 QUICK = dict(
     corpus_bytes=150_000,
@@ -30,6 +30,8 @@ def test_short_run_learns_and_saves(tmp_path):
     for name in ("config.json", "model.safetensors", "tokenizer.json", "trainer_state.pt", "training.json"):
         assert (tmp_path / name).exists()
     assert json.loads((tmp_path / "training.json").read_text())["preset"] == "tiny"
+    # the tokenizer alone, as registry.tokenizer makes it for a preset not trained yet: the same one
+    assert preset_tokenizer(preset).tk.get_vocab() == tok.tk.get_vocab()
 
 
 def test_resume_continues_exactly(tmp_path):

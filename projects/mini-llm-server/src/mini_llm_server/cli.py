@@ -100,7 +100,7 @@ def _serving_bench(args: argparse.Namespace) -> int:
     device = torch.device("cuda")
     model, tok = gpu_model(device)
     cfg = ServingConfig()
-    rows = measure(model, tok, cfg, factory=functools.partial(gpu_model, device))  # built in the engine process
+    rows = measure(model, tok, cfg, factory=functools.partial(gpu_model, device, tok))  # built in the engine process
     print(f"wrote {write_serving_record(rows, cfg, 'tinyllama-1.1b-random (small tokenizer)', device)}")
     return 0
 

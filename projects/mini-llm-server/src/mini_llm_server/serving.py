@@ -201,10 +201,12 @@ def _measure(model: Transformer, tok: Tokenizer, cfg: ServingConfig, client: Pro
     return rows
 
 
-def gpu_model(device: torch.device) -> tuple[Transformer, Tokenizer]:
+def gpu_model(device: torch.device, tok: Tokenizer | None = None) -> tuple[Transformer, Tokenizer]:
+    """The TinyLlama-shaped model with random weights, over the `small` preset's vocabulary; its tokenizer is
+    trained alone when not given (seconds: the model is random, so the preset's model is never trained)."""
     from tinyllm import registry
 
-    _, tok = registry.load("small", device=device, dtype=torch.bfloat16, train_if_missing=True, progress=False)
+    tok = registry.tokenizer("small") if tok is None else tok
     torch.manual_seed(0)
     model = Transformer(replace(TINYLLAMA, vocab_size=tok.vocab_size)).to(device, torch.bfloat16).eval()
     return model, tok

@@ -2,7 +2,8 @@
 
 A preset is trained once and cached under ~/.cache/tinyllm/presets/<name>/ (XDG_CACHE_HOME honoured);
 loading one that is not cached trains it when asked (train_if_missing=True, with a progress bar) and
-otherwise fails with the command that would train it.
+otherwise fails with the command that would train it. `tokenizer(name_or_path)` is the tokenizer alone: a
+preset not trained yet gets the one its training would make, in seconds, without training the model.
 """
 
 from __future__ import annotations
@@ -52,3 +53,15 @@ def load(
 
         train(get_preset(name), directory, torch.device(device), progress=progress)
     return load_model(directory, device=device, dtype=dtype), load_tokenizer(directory)
+
+
+def tokenizer(name_or_path: str | Path) -> Tokenizer | None:
+    """A checkpoint's tokenizer (None if it has none), or a preset's: from its checkpoint when trained, else
+    trained the way the preset's training trains it (tinyllm.train.preset_tokenizer), and not saved."""
+    directory = resolve(name_or_path)
+    name = str(name_or_path)
+    if name in PRESETS and not (directory / "tokenizer.json").exists():
+        from tinyllm.train import preset_tokenizer
+
+        return preset_tokenizer(get_preset(name))
+    return load_tokenizer(directory)

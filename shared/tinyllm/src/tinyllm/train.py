@@ -86,6 +86,15 @@ def evaluate(model: Transformer, batches, device: torch.device, autocast: bool) 
     return total / len(batches)
 
 
+def preset_tokenizer(preset: Preset, corpus=None) -> Tokenizer:
+    """The tokenizer `train` trains for a preset: the same leading bytes of the same corpus (loaded here when
+    not given), without training a model."""
+    cfg = preset.train
+    if corpus is None:
+        corpus = load_corpus(cfg.corpus, max_bytes=cfg.corpus_bytes)
+    return Tokenizer.train(_text_chunks(corpus.train[: cfg.tokenizer_bytes]), cfg.vocab_size)
+
+
 def train(
     preset: Preset,
     out_dir: Path | None,
@@ -107,7 +116,7 @@ def train(
         model = load_model(out_dir, device=device, dtype=torch.float32).train()
         state = torch.load(out_dir / "trainer_state.pt", map_location=device, weights_only=True)
     else:
-        tokenizer = Tokenizer.train(_text_chunks(corpus.train[: cfg.tokenizer_bytes]), cfg.vocab_size)
+        tokenizer = preset_tokenizer(preset, corpus)
         model_cfg = replace(
             preset.model,
             vocab_size=tokenizer.vocab_size,
