@@ -32,4 +32,46 @@ def test_step_costs_on_gpu_time_each_steps_own_graph():
     for r in rows[1:]:
         assert r["step_tokens"] == 7 + r["prompt_tokens"] <= r["graph_tokens"], r
     assert all(r["graph_ms"] > 0 and r["engine_interval_ms"] > 0 for r in rows), rows
+    assert all(r["gpu_busy_ms"] > 0 and r["gpu_idle_before_ms"] >= 0 for r in rows), rows
     assert "varlen attention" in {k["kernel"] for k in kernels} and all(k["us_per_step"] > 0 for k in kernels)
+
+
+def test_step_timeline_pairs_each_steps_start_with_its_sampling():
+    """On a fake clock: busy from a step's start to its sampling, idle from the last step's end to the next
+    start; a step that samples nothing (a prompt chunk short of its end) has no busy time and breaks the chain."""
+    from types import SimpleNamespace
+
+    from mini_llm_server.step_costs import StepTimeline
+
+    clock = [0.0]
+
+    class Event:  # records the fake clock, in ms
+        def record(self):
+            self.t = clock[0]
+
+        def elapsed_time(self, later):
+            return later.t - self.t
+
+        def synchronize(self):
+            pass
+
+    def run(batch):
+        clock[0] += batch  # the graph's work
+        return batch
+
+    runner = SimpleNamespace(decode_graphs=SimpleNamespace(run=run), mixed_graphs=SimpleNamespace(run=run),
+                             sample_greedy=lambda logits: clock.__setitem__(0, clock[0] + 0.5))  # fmt: skip
+    timeline = StepTimeline(runner, event=Event)
+    for kind, work, idle_after in [("decode", 1.0, 0.25), ("decode", 1.0, 0.75), ("mixed", 3.0, 0.0)]:
+        getattr(runner, f"{kind}_graphs").run(work)
+        runner.sample_greedy(None)
+        clock[0] += idle_after  # the host queues the next step this late
+    runner.mixed_graphs.run(2.0)  # a chunk that samples nothing
+    clock[0] += 5.0
+    runner.decode_graphs.run(1.0)
+    runner.sample_greedy(None)
+    summary = timeline.summary()
+    assert summary["decode"] == (1.5, 0.25)  # busy 1.5 each; idle 0.25 before the second, none known after the chunk
+    assert summary["mixed"] == (3.5, 0.75)
+    timeline.clear()
+    assert timeline.summary() == {}

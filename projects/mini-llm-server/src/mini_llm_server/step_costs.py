@@ -14,6 +14,9 @@ Model: the TinyLlama-1.1B shape with random weights in bf16 (timing only).
 
 from __future__ import annotations
 
+import statistics
+from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import torch
@@ -44,6 +47,7 @@ class StepCostConfig:
     decode_steps_between: int = 6
     replays: int = 20
     profile_prompt: int = 150
+    timeline_steps: int = 40  # decode-only engine steps timed on the GPU's clock (StepTimeline)
 
 
 def _replay_timing(cfg: StepCostConfig) -> TimingConfig:
@@ -52,6 +56,62 @@ def _replay_timing(cfg: StepCostConfig) -> TimingConfig:
 
 def _replay_ms(graph: torch.cuda.CUDAGraph, cfg: StepCostConfig) -> float:
     return 1e3 * time_gpu(graph.replay, config=_replay_timing(cfg)).median
+
+
+class StepTimeline:
+    """Events on the GPU's stream around each engine step of a runner: one where the step's graph run begins
+    (before its inputs upload), one after its sampled tokens are copied out. A step's busy time runs from
+    its start to its end; its idle time from the previous step's end to its start, which the GPU reaches
+    only once the host has queued the step: the host's share of an interval the graph alone does not
+    explain. A step that samples nothing (a prompt chunk short of its end) has no end and breaks the chain."""
+
+    def __init__(self, runner, event: Callable[[], object] | None = None) -> None:
+        self.event = event or (lambda: torch.cuda.Event(enable_timing=True))
+        self.marks: list[list] = []  # [kind, start event, end event or None]
+        for graphs, kind in ((runner.decode_graphs, "decode"), (runner.mixed_graphs, "mixed")):
+            self._time_runs(graphs, kind)
+        sample = runner.sample_greedy
+
+        def sampled(logits):
+            out = sample(logits)
+            if self.marks and self.marks[-1][2] is None:
+                self.marks[-1][2] = self._record()
+            return out
+
+        runner.sample_greedy = sampled  # on the instance: the engine calls it through the runner
+
+    def _record(self):
+        e = self.event()
+        e.record()
+        return e
+
+    def _time_runs(self, graphs, kind: str) -> None:
+        run = graphs.run
+
+        def timed(batch):
+            self.marks.append([kind, self._record(), None])
+            return run(batch)
+
+        graphs.run = timed
+
+    def clear(self) -> None:
+        self.marks = []
+
+    def summary(self) -> dict[str, tuple[float, float]]:
+        """Per kind of step: (median busy ms, median idle ms before it), waiting for the last event first."""
+        done = [m for m in self.marks if m[2] is not None]
+        if done:
+            done[-1][2].synchronize()
+        busy, idle, last_end = defaultdict(list), defaultdict(list), None
+        for kind, start, end in self.marks:
+            if end is None:
+                last_end = None
+                continue
+            busy[kind].append(start.elapsed_time(end))
+            if last_end is not None:
+                idle[kind].append(last_end.elapsed_time(start))
+            last_end = end
+        return {k: (statistics.median(v), statistics.median(idle[k]) if idle[k] else 0.0) for k, v in busy.items()}
 
 
 def measure(model: Transformer, cfg: StepCostConfig) -> tuple[list[dict], list[dict]]:
@@ -68,18 +128,25 @@ def measure(model: Transformer, cfg: StepCostConfig) -> tuple[list[dict], list[d
         engine.step()
     mixed = runner.mixed_graphs
     decode_graph = next(g for g in runner.decode_graphs.sizes if g >= cfg.decodes)
+    timeline = StepTimeline(runner)
+    for _ in range(cfg.timeline_steps):
+        engine.step()
+    busy, idle = timeline.summary()["decode"]
     rows = [{"kind": "decode", "prompt_tokens": 0, "step_tokens": cfg.decodes, "graph_tokens": decode_graph,
-             "graph_ms": _replay_ms(runner.decode_graphs.graphs[decode_graph], cfg)}]  # fmt: skip
+             "graph_ms": _replay_ms(runner.decode_graphs.graphs[decode_graph], cfg),
+             "gpu_busy_ms": busy, "gpu_idle_before_ms": idle}]  # fmt: skip
     kernels, intervals = [], []
     try:
         for plen in cfg.prompt_tokens:
             before = engine.metrics()
             graph_ms = []
+            timeline.clear()
             for i in range(cfg.prompts_per_length + 1):
                 short = SamplingParams(temperature=0.0, max_new_tokens=2)  # gone before the next prompt
                 engine.add_request(torch.randint(0, vocab, (plen,), generator=gen).tolist(), short)
                 if i == cfg.prompts_per_length:  # the replays below would lengthen the engine's intervals
                     after = engine.metrics()
+                    busy, idle = timeline.summary()["mixed"]
                 engine.step()
                 if i == cfg.prompts_per_length:  # the step just run: its graph, again, on its inputs
                     graph_ms.append(_replay_ms(mixed.graphs[mixed.last_size], cfg))
@@ -91,7 +158,7 @@ def measure(model: Transformer, cfg: StepCostConfig) -> tuple[list[dict], list[d
             intervals.append(1e3 * d["decode_step_seconds"] / max(d["decode_steps"], 1))
             rows.append({"kind": "mixed", "prompt_tokens": plen, "step_tokens": mixed.last_tokens,
                          "graph_tokens": mixed.last_size,
-                         "graph_ms": graph_ms[0],
+                         "graph_ms": graph_ms[0], "gpu_busy_ms": busy, "gpu_idle_before_ms": idle,
                          "engine_interval_ms": 1e3 * d["mixed_step_seconds"] / max(d["mixed_steps"], 1)})  # fmt: skip
     finally:
         engine.close()
@@ -108,6 +175,10 @@ def write_records(rows: list[dict], kernels: list[dict], cfg: StepCostConfig, de
                         metric("step_tokens", "tokens", "tokens the step computes"),
                         metric("graph_tokens", "tokens", "the captured graph's padded size"),
                         metric("graph_ms", "ms", "GPU time of one replay of the step's graph, on its inputs"),
+                        metric("gpu_busy_ms", "ms", "engine steps of this kind: GPU time from the step's start "
+                               "(before its inputs upload) to its tokens' copy, median (StepTimeline)"),
+                        metric("gpu_idle_before_ms", "ms", "engine steps of this kind: GPU idle between the "
+                               "previous step's end and the step's start, median (StepTimeline)"),
                         metric("engine_interval_ms", "ms", "the engine's mean interval for steps of this kind")],
                rows=rows, config=config, timing=_replay_timing(cfg),
                method="graph_ms: CUDA events around each replay, median (time_gpu); engine intervals from its metrics",
