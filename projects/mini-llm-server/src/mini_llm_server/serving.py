@@ -75,9 +75,10 @@ class ServingConfig:
     overload_factor: float = 2.0
     overload_seconds: float = 20.0
     # the load comes from this many client processes (each a share of the clients, requests or rate): one
-    # process fell behind its open-loop schedule, and at 10k tokens/s its own parsing sets the pace. With 4, at
-    # 32 streams and 64-token steps on the H200, the busiest was 63% busy and a step's tokens queued in it
-    # behind each other: p95 inter-token 3.2 ms against the engine's own 1.6; with 8, 36% and 2.1 ms (probe)
+    # process fell behind its open-loop schedule, and at 10k tokens/s its own parsing sets the pace. At 32
+    # streams on the H200 the p95 inter-token gap was 2.20-2.52 ms across the swept budgets with 4 processes
+    # (results/h200/earlier/serving_476389b_4_client_processes.json) and 2.03-2.39 ms with 8 (the record at
+    # 0c0f9ae): with 4, a step's tokens queued in each behind each other (a probe had the busiest 63% busy)
     client_processes: int = 8
     max_num_batched_tokens: int = 512  # the step token budget of every point but the sweep's
     step_token_sweep: tuple[int, ...] = (64, 128, 256)  # further budgets, measured at sweep_concurrency
