@@ -34,7 +34,8 @@ from mini_llm_server.fused_ops import load_projection, rotated, split_layout
 LOG2E = 1.4426950408889634
 # the varlen kernel's cached positions per loop iteration (gathered from as many blocks as they span) and
 # pipeline stages: on the H200, a 256-token step (31 decodes at 100-400 positions, one 225-token prompt) took
-# 14.6 us per layer at 128 and 2 against 18.1 at 64 and the compiler's default; 32 and 8 warps were slower
+# 14.6 us per layer at 128 and 2 against 18.1 at 64 and the compiler's default; 32-position tiles, and 2 or 8
+# warps, were slower
 VARLEN_TILE, VARLEN_STAGES = 128, 2
 # the decode kernel's: at batch 1 it has only as many programs as KV heads, so fewer, longer iterations
 # (on the H100, 4 KV heads at 272 positions: 5.8 us against 6.5 with 64-position tiles)

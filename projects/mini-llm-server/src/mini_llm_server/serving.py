@@ -15,7 +15,8 @@ steps; the budgets in top_step_tokens are measured at the highest concurrency to
 stake.
 
 Model: on a GPU the TinyLlama-1.1B shape with random weights (latency and throughput only, never quality)
-and the trained `small` preset's tokenizer and vocabulary; on a CPU whatever model the caller passes.
+and the `small` preset's tokenizer and vocabulary (the tokenizer trained alone); on a CPU whatever model the
+caller passes.
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from tinyllm.checkpoint import load_model, load_tokenizer, save_model
-from tinyllm.corpus import load_corpus
+from tinyllm.corpus import Corpus, load_corpus
 from tinyllm.data import TokenData, eval_batches, random_batch, unigram_perplexity
 from tinyllm.model import Transformer
 from tinyllm.presets import Preset
@@ -86,7 +86,7 @@ def evaluate(model: Transformer, batches, device: torch.device, autocast: bool) 
     return total / len(batches)
 
 
-def preset_tokenizer(preset: Preset, corpus=None) -> Tokenizer:
+def preset_tokenizer(preset: Preset, corpus: Corpus | None = None) -> Tokenizer:
     """The tokenizer `train` trains for a preset: the same leading bytes of the same corpus (loaded here when
     not given), without training a model."""
     cfg = preset.train
