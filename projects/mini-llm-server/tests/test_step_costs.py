@@ -28,8 +28,9 @@ def test_step_costs_on_gpu_time_each_steps_own_graph():
     step = StepCostConfig(decodes=7, context=20, prompt_tokens=(8, 40), max_num_batched_tokens=64,
                           prompts_per_length=2, decode_steps_between=4, replays=3, profile_prompt=40)  # fmt: skip
     rows, kernels = measure(model, step)
-    assert [(r["kind"], r["prompt_tokens"]) for r in rows] == [("decode", 0), ("mixed", 8), ("mixed", 40)]
-    for r in rows[1:]:
+    kinds = [("decode", 0), ("decode between prompts", 0), ("mixed", 8), ("mixed", 40)]
+    assert [(r["kind"], r["prompt_tokens"]) for r in rows] == kinds
+    for r in rows[2:]:
         assert r["step_tokens"] == 7 + r["prompt_tokens"] <= r["graph_tokens"], r
     assert all(r["graph_ms"] > 0 and r["engine_interval_ms"] > 0 for r in rows), rows
     assert all(r["gpu_busy_ms"] > 0 and r["gpu_idle_before_ms"] >= 0 for r in rows), rows
@@ -37,8 +38,9 @@ def test_step_costs_on_gpu_time_each_steps_own_graph():
 
 
 def test_step_timeline_pairs_each_steps_start_with_its_sampling():
-    """On a fake clock: busy from a step's start to its sampling, idle from the last step's end to the next
-    start; a step that samples nothing (a prompt chunk short of its end) has no busy time and breaks the chain."""
+    """On a fake clock: busy from a step's input upload to its sampling, idle from the last step's end to the
+    next upload; a step that samples nothing (a prompt chunk short of its end) has no busy time and breaks the
+    chain."""
     from types import SimpleNamespace
 
     from mini_llm_server.step_costs import StepTimeline
@@ -55,23 +57,25 @@ def test_step_timeline_pairs_each_steps_start_with_its_sampling():
         def synchronize(self):
             pass
 
-    def run(batch):
-        clock[0] += batch  # the graph's work
-        return batch
+    def graphs():
+        return SimpleNamespace(inputs=SimpleNamespace(upload=lambda: None))
 
-    runner = SimpleNamespace(decode_graphs=SimpleNamespace(run=run), mixed_graphs=SimpleNamespace(run=run),
+    def run(graphs, work):  # the host builds the inputs (not the GPU's time), uploads, then the graph works
+        clock[0] += 10.0
+        graphs.inputs.upload()
+        clock[0] += work
+
+    runner = SimpleNamespace(decode_graphs=graphs(), mixed_graphs=graphs(),
                              sample_greedy=lambda logits: clock.__setitem__(0, clock[0] + 0.5))  # fmt: skip
     timeline = StepTimeline(runner, event=Event)
-    for kind, work, idle_after in [("decode", 1.0, 0.25), ("decode", 1.0, 0.75), ("mixed", 3.0, 0.0)]:
-        getattr(runner, f"{kind}_graphs").run(work)
+    for kind, work in [("decode", 1.0), ("decode", 1.0), ("mixed", 3.0)]:
+        run(getattr(runner, f"{kind}_graphs"), work)
         runner.sample_greedy(None)
-        clock[0] += idle_after  # the host queues the next step this late
-    runner.mixed_graphs.run(2.0)  # a chunk that samples nothing
-    clock[0] += 5.0
-    runner.decode_graphs.run(1.0)
+    run(runner.mixed_graphs, 2.0)  # a chunk that samples nothing
+    run(runner.decode_graphs, 1.0)
     runner.sample_greedy(None)
     summary = timeline.summary()
-    assert summary["decode"] == (1.5, 0.25)  # busy 1.5 each; idle 0.25 before the second, none known after the chunk
-    assert summary["mixed"] == (3.5, 0.75)
+    assert summary["decode"] == (1.5, 10.0)  # busy 1.5 each; idle 10 before the second, none known after the chunk
+    assert summary["mixed"] == (3.5, 10.0)
     timeline.clear()
     assert timeline.summary() == {}

@@ -59,10 +59,10 @@ def _replay_ms(graph: torch.cuda.CUDAGraph, cfg: StepCostConfig) -> float:
 
 
 class StepTimeline:
-    """Events on the GPU's stream around each engine step of a runner: one where the step's graph run begins
-    (before its inputs upload), one after its sampled tokens are copied out. A step's busy time runs from
-    its start to its end; its idle time from the previous step's end to its start, which the GPU reaches
-    only once the host has queued the step: the host's share of an interval the graph alone does not
+    """Events on the GPU's stream around each engine step of a runner: one as the step's inputs upload (the
+    host has built them: its first GPU work), one after its sampled tokens are copied out. A step's busy time
+    runs from its start to its end; its idle time from the previous step's end to its start, which the GPU
+    reaches only once the host has queued the step: the host's share of an interval the graph alone does not
     explain. A step that samples nothing (a prompt chunk short of its end) has no end and breaks the chain."""
 
     def __init__(self, runner, event: Callable[[], object] | None = None) -> None:
@@ -86,13 +86,13 @@ class StepTimeline:
         return e
 
     def _time_runs(self, graphs, kind: str) -> None:
-        run = graphs.run
+        upload = graphs.inputs.upload
 
-        def timed(batch):
+        def timed():
             self.marks.append([kind, self._record(), None])
-            return run(batch)
+            return upload()
 
-        graphs.run = timed
+        graphs.inputs.upload = timed
 
     def clear(self) -> None:
         self.marks = []
@@ -114,6 +114,10 @@ class StepTimeline:
         return {k: (statistics.median(v), statistics.median(idle[k]) if idle[k] else 0.0) for k, v in busy.items()}
 
 
+def _delta(before: dict, after: dict) -> dict:
+    return {k: after[k] - before[k] for k in after if isinstance(after[k], int | float)}
+
+
 def measure(model: Transformer, cfg: StepCostConfig) -> tuple[list[dict], list[dict]]:
     """(a row per prompt length, and the decode-only row first; the profiled mixed step's kernel families)."""
     engine = LLMEngine(model, EngineConfig(max_num_seqs=128, max_num_batched_tokens=cfg.max_num_batched_tokens))
@@ -129,13 +133,16 @@ def measure(model: Transformer, cfg: StepCostConfig) -> tuple[list[dict], list[d
     mixed = runner.mixed_graphs
     decode_graph = next(g for g in runner.decode_graphs.sizes if g >= cfg.decodes)
     timeline = StepTimeline(runner)
+    before = engine.metrics()
     for _ in range(cfg.timeline_steps):
         engine.step()
+    d = _delta(before, engine.metrics())
     busy, idle = timeline.summary()["decode"]
-    rows = [{"kind": "decode", "prompt_tokens": 0, "step_tokens": cfg.decodes, "graph_tokens": decode_graph,
-             "graph_ms": _replay_ms(runner.decode_graphs.graphs[decode_graph], cfg),
-             "gpu_busy_ms": busy, "gpu_idle_before_ms": idle}]  # fmt: skip
-    kernels, intervals = [], []
+    decode = {"prompt_tokens": 0, "step_tokens": cfg.decodes, "graph_tokens": decode_graph,
+              "graph_ms": _replay_ms(runner.decode_graphs.graphs[decode_graph], cfg)}  # fmt: skip
+    rows = [{"kind": "decode", **decode, "gpu_busy_ms": busy, "gpu_idle_before_ms": idle,
+             "engine_interval_ms": 1e3 * d["decode_step_seconds"] / max(d["decode_steps"], 1)}]  # fmt: skip
+    kernels, between = [], defaultdict(list)  # the decode-only steps between prompts: per prompt length
     try:
         for plen in cfg.prompt_tokens:
             before = engine.metrics()
@@ -146,7 +153,8 @@ def measure(model: Transformer, cfg: StepCostConfig) -> tuple[list[dict], list[d
                 engine.add_request(torch.randint(0, vocab, (plen,), generator=gen).tolist(), short)
                 if i == cfg.prompts_per_length:  # the replays below would lengthen the engine's intervals
                     after = engine.metrics()
-                    busy, idle = timeline.summary()["mixed"]
+                    steps = timeline.summary()
+                    busy, idle = steps["mixed"]
                 engine.step()
                 if i == cfg.prompts_per_length:  # the step just run: its graph, again, on its inputs
                     graph_ms.append(_replay_ms(mixed.graphs[mixed.last_size], cfg))
@@ -154,15 +162,17 @@ def measure(model: Transformer, cfg: StepCostConfig) -> tuple[list[dict], list[d
                         kernels = kernel_families(lambda n=mixed.last_size: mixed._forward(n), MIXED_KERNELS, 3)
                 for _ in range(cfg.decode_steps_between):
                     engine.step()
-            d = {k: after[k] - before[k] for k in after if isinstance(after[k], int | float)}
-            intervals.append(1e3 * d["decode_step_seconds"] / max(d["decode_steps"], 1))
+            d = _delta(before, after)
+            between["engine_interval_ms"].append(1e3 * d["decode_step_seconds"] / max(d["decode_steps"], 1))
+            between["gpu_busy_ms"].append(steps["decode"][0])
+            between["gpu_idle_before_ms"].append(steps["decode"][1])
             rows.append({"kind": "mixed", "prompt_tokens": plen, "step_tokens": mixed.last_tokens,
                          "graph_tokens": mixed.last_size,
                          "graph_ms": graph_ms[0], "gpu_busy_ms": busy, "gpu_idle_before_ms": idle,
                          "engine_interval_ms": 1e3 * d["mixed_step_seconds"] / max(d["mixed_steps"], 1)})  # fmt: skip
     finally:
         engine.close()
-    rows[0]["engine_interval_ms"] = sum(intervals) / len(intervals)  # the decode-only steps between prompts
+    rows.insert(1, {"kind": "decode between prompts", **decode, **{k: statistics.mean(v) for k, v in between.items()}})
     return rows, [{"prompt_tokens": cfg.profile_prompt, **k} for k in kernels]
 
 
@@ -170,7 +180,9 @@ def write_records(rows: list[dict], kernels: list[dict], cfg: StepCostConfig, de
     ctx = service_context(hardware_label(device))
     config = {**asdict(cfg), "model": "tinyllama-1.1b-random", "dtype": "bfloat16"}
     ctx.record(benchmark="step_costs",
-               columns=[param("kind", "decode: decode-only; mixed: the decodes plus one prompt"),
+               columns=[param("kind", "decode: decode-only, no prompt arriving; decode between prompts: the "
+                              "decode-only steps after each prompt's step (averaged over the prompt lengths); "
+                              "mixed: the decodes plus one prompt"),
                         param("prompt_tokens", "the prompt's tokens in the step"),
                         metric("step_tokens", "tokens", "tokens the step computes"),
                         metric("graph_tokens", "tokens", "the captured graph's padded size"),
@@ -182,8 +194,8 @@ def write_records(rows: list[dict], kernels: list[dict], cfg: StepCostConfig, de
                         metric("engine_interval_ms", "ms", "the engine's mean interval for steps of this kind")],
                rows=rows, config=config, timing=_replay_timing(cfg),
                method="graph_ms: CUDA events around each replay, median (time_gpu); engine intervals from its metrics",
-               notes="Decode row: the decode-only steps between the prompts (interval averaged over every "
-               "prompt length).")  # fmt: skip
+               notes="The decode row's steps run with no prompt arriving; the next row's follow each prompt's "
+               "step, and their figures are means over the prompt lengths.")  # fmt: skip
     ctx.record(benchmark="mixed_kernels",
                columns=[param("prompt_tokens"), param("kernel", "family"), metric("calls_per_step", "count"),
                         metric("us_per_step", "us", "summed kernel time in one mixed step")],
