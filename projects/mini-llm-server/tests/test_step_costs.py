@@ -33,7 +33,7 @@ def test_step_costs_on_gpu_time_each_steps_own_graph():
     for r in rows[2:]:
         assert r["step_tokens"] == 7 + r["prompt_tokens"] <= r["graph_tokens"], r
     assert all(r["graph_ms"] > 0 and r["engine_interval_ms"] > 0 for r in rows), rows
-    assert all(r["gpu_busy_ms"] > 0 and r["gpu_idle_before_ms"] >= 0 for r in rows), rows
+    assert all(r["gpu_busy_ms"] > 0 and 0 <= r["gpu_idle_before_ms"] <= r["gpu_idle_max_ms"] for r in rows), rows
     assert "varlen attention" in {k["kernel"] for k in kernels} and all(k["us_per_step"] > 0 for k in kernels)
 
 
@@ -60,22 +60,23 @@ def test_step_timeline_pairs_each_steps_start_with_its_sampling():
     def graphs():
         return SimpleNamespace(inputs=SimpleNamespace(upload=lambda: None))
 
-    def run(graphs, work):  # the host builds the inputs (not the GPU's time), uploads, then the graph works
-        clock[0] += 10.0
+    def run(graphs, host, work):  # the host builds the inputs (not the GPU's time), uploads, then the graph works
+        clock[0] += host
         graphs.inputs.upload()
         clock[0] += work
 
     runner = SimpleNamespace(decode_graphs=graphs(), mixed_graphs=graphs(),
                              sample_greedy=lambda logits: clock.__setitem__(0, clock[0] + 0.5))  # fmt: skip
     timeline = StepTimeline(runner, event=Event)
-    for kind, work in [("decode", 1.0), ("decode", 1.0), ("mixed", 3.0)]:
-        run(getattr(runner, f"{kind}_graphs"), work)
+    for kind, host, work in [("decode", 9.0, 1.0), ("decode", 4.0, 2.0), ("mixed", 2.0, 3.0), ("decode", 6.0, 1.0)]:
+        run(getattr(runner, f"{kind}_graphs"), host, work)
         runner.sample_greedy(None)
-    run(runner.mixed_graphs, 2.0)  # a chunk that samples nothing
-    run(runner.decode_graphs, 1.0)
+    run(runner.mixed_graphs, 1.0, 2.0)  # a chunk that samples nothing
+    run(runner.decode_graphs, 7.0, 1.0)
     runner.sample_greedy(None)
     summary = timeline.summary()
-    assert summary["decode"] == (1.5, 10.0)  # busy 1.5 each; idle 10 before the second, none known after the chunk
-    assert summary["mixed"] == (3.5, 10.0)
+    # decode: busy 1.5, 2.5, 1.5, 1.5; idle 4 and 6 before the second and third, none known after the chunk
+    assert summary["decode"] == {"gpu_busy_ms": 1.75, "gpu_idle_before_ms": 5.0, "gpu_idle_max_ms": 6.0}
+    assert summary["mixed"] == {"gpu_busy_ms": 3.5, "gpu_idle_before_ms": 2.0, "gpu_idle_max_ms": 2.0}
     timeline.clear()
     assert timeline.summary() == {}

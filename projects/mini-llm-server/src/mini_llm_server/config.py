@@ -15,7 +15,10 @@ class EngineConfig:
     kv_cache_bytes: int | None = None  # the pool's budget in bytes (the CPU default: 256 MiB)
     gpu_memory_fraction: float = 0.9  # on a GPU with neither set: this fraction of free memory, after weights
     max_num_seqs: int = 64  # sequences in the running batch at most
-    max_num_batched_tokens: int = 512  # tokens computed per step at most (the chunked-prefill budget)
+    # tokens computed per step at most (the chunked-prefill budget). Every stream waits for a step that carries
+    # prompt tokens, so this bounds the inter-token tail: on the H200 at 71e8ae5, 32 streams had a p95 gap of
+    # 2.07 ms with 256 against 2.42 with 512, and 128 streams 42,676 against 43,016 tokens/s
+    max_num_batched_tokens: int = 256
     # continuous batching: while sequences decode, wait until this many waiting requests (or all there are)
     # can be admitted together; 1 admits as soon as a seat frees. Trades a little TTFT for fewer steps that
     # mix prompts into the decode batch (each a little longer than a decode-only step).

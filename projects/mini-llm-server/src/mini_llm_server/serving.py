@@ -81,13 +81,13 @@ class ServingConfig:
     # (results/h200/earlier/serving_476389b_4_client_processes.json) and 2.03-2.39 ms with 8 (the record at
     # 0c0f9ae): with 4, a step's tokens queued in each behind each other (a probe had the busiest 63% busy)
     client_processes: int = 8
-    max_num_batched_tokens: int = 512  # the step token budget of every point but the sweep's
-    step_token_sweep: tuple[int, ...] = (64, 128, 256)  # further budgets, measured at sweep_concurrency
+    max_num_batched_tokens: int = 256  # the step token budget of every point but the sweep's (the engine's default)
+    step_token_sweep: tuple[int, ...] = (64, 128, 512)  # further budgets, measured at sweep_concurrency
     sweep_concurrency: int = 32  # also where PROCESS_POLICY (one API process) is measured, for comparison
     sweep_policy: str = SCALED_POLICY
     # budgets measured at the top concurrency too (sweep_policy): where a smaller budget could cost throughput,
     # so whether one that meets the tail goal at sweep_concurrency can be the default
-    top_step_tokens: tuple[int, ...] = (256,)
+    top_step_tokens: tuple[int, ...] = (512,)
     # SCALED_POLICY's HTTP side: at 32 streams one process was busy 84% of the time (stop 15's H100 record)
     api_servers: int = 4
 

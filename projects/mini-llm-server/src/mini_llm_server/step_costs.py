@@ -42,7 +42,7 @@ class StepCostConfig:
     decodes: int = 31  # sequences decoding beside each prompt: with it, the serving goal's 32 streams
     context: int = 100  # the decoding sequences' prompt length
     prompt_tokens: tuple[int, ...] = (16, 64, 150, 400)
-    max_num_batched_tokens: int = 512  # serving-bench's default step budget: the largest mixed graph
+    max_num_batched_tokens: int = 512  # the largest step budget serving-bench measures: the largest mixed graph
     prompts_per_length: int = 8
     decode_steps_between: int = 6
     replays: int = 20
@@ -97,8 +97,9 @@ class StepTimeline:
     def clear(self) -> None:
         self.marks = []
 
-    def summary(self) -> dict[str, tuple[float, float]]:
-        """Per kind of step: (median busy ms, median idle ms before it), waiting for the last event first."""
+    def summary(self) -> dict[str, dict[str, float]]:
+        """Per kind of step, waiting for the last event first: mean busy and mean idle ms before it (means, so
+        that with the steps' count they add up to the engine's time for them) and the longest idle."""
         done = [m for m in self.marks if m[2] is not None]
         if done:
             done[-1][2].synchronize()
@@ -111,7 +112,8 @@ class StepTimeline:
             if last_end is not None:
                 idle[kind].append(last_end.elapsed_time(start))
             last_end = end
-        return {k: (statistics.median(v), statistics.median(idle[k]) if idle[k] else 0.0) for k, v in busy.items()}
+        return {k: {"gpu_busy_ms": statistics.mean(v), "gpu_idle_before_ms": statistics.mean(idle[k] or [0.0]),
+                    "gpu_idle_max_ms": max(idle[k] or [0.0])} for k, v in busy.items()}  # fmt: skip
 
 
 def _delta(before: dict, after: dict) -> dict:
@@ -137,10 +139,9 @@ def measure(model: Transformer, cfg: StepCostConfig) -> tuple[list[dict], list[d
     for _ in range(cfg.timeline_steps):
         engine.step()
     d = _delta(before, engine.metrics())
-    busy, idle = timeline.summary()["decode"]
     decode = {"prompt_tokens": 0, "step_tokens": cfg.decodes, "graph_tokens": decode_graph,
               "graph_ms": _replay_ms(runner.decode_graphs.graphs[decode_graph], cfg)}  # fmt: skip
-    rows = [{"kind": "decode", **decode, "gpu_busy_ms": busy, "gpu_idle_before_ms": idle,
+    rows = [{"kind": "decode", **decode, **timeline.summary()["decode"],
              "engine_interval_ms": 1e3 * d["decode_step_seconds"] / max(d["decode_steps"], 1)}]  # fmt: skip
     kernels, between = [], defaultdict(list)  # the decode-only steps between prompts: per prompt length
     try:
@@ -154,7 +155,6 @@ def measure(model: Transformer, cfg: StepCostConfig) -> tuple[list[dict], list[d
                 if i == cfg.prompts_per_length:  # the replays below would lengthen the engine's intervals
                     after = engine.metrics()
                     steps = timeline.summary()
-                    busy, idle = steps["mixed"]
                 engine.step()
                 if i == cfg.prompts_per_length:  # the step just run: its graph, again, on its inputs
                     graph_ms.append(_replay_ms(mixed.graphs[mixed.last_size], cfg))
@@ -164,15 +164,16 @@ def measure(model: Transformer, cfg: StepCostConfig) -> tuple[list[dict], list[d
                     engine.step()
             d = _delta(before, after)
             between["engine_interval_ms"].append(1e3 * d["decode_step_seconds"] / max(d["decode_steps"], 1))
-            between["gpu_busy_ms"].append(steps["decode"][0])
-            between["gpu_idle_before_ms"].append(steps["decode"][1])
+            for k, v in steps["decode"].items():
+                between[k].append(v)
             rows.append({"kind": "mixed", "prompt_tokens": plen, "step_tokens": mixed.last_tokens,
                          "graph_tokens": mixed.last_size,
-                         "graph_ms": graph_ms[0], "gpu_busy_ms": busy, "gpu_idle_before_ms": idle,
+                         "graph_ms": graph_ms[0], **steps["mixed"],
                          "engine_interval_ms": 1e3 * d["mixed_step_seconds"] / max(d["mixed_steps"], 1)})  # fmt: skip
     finally:
         engine.close()
-    rows.insert(1, {"kind": "decode between prompts", **decode, **{k: statistics.mean(v) for k, v in between.items()}})
+    means = {k: (max if k == "gpu_idle_max_ms" else statistics.mean)(v) for k, v in between.items()}
+    rows.insert(1, {"kind": "decode between prompts", **decode, **means})
     return rows, [{"prompt_tokens": cfg.profile_prompt, **k} for k in kernels]
 
 
@@ -187,10 +188,11 @@ def write_records(rows: list[dict], kernels: list[dict], cfg: StepCostConfig, de
                         metric("step_tokens", "tokens", "tokens the step computes"),
                         metric("graph_tokens", "tokens", "the captured graph's padded size"),
                         metric("graph_ms", "ms", "GPU time of one replay of the step's graph, on its inputs"),
-                        metric("gpu_busy_ms", "ms", "engine steps of this kind: GPU time from the step's start "
-                               "(before its inputs upload) to its tokens' copy, median (StepTimeline)"),
+                        metric("gpu_busy_ms", "ms", "engine steps of this kind: GPU time from the step's input "
+                               "upload to its tokens' copy, mean (StepTimeline)"),
                         metric("gpu_idle_before_ms", "ms", "engine steps of this kind: GPU idle between the "
-                               "previous step's end and the step's start, median (StepTimeline)"),
+                               "previous step's end and the step's upload, mean (StepTimeline)"),
+                        metric("gpu_idle_max_ms", "ms", "engine steps of this kind: the longest such idle"),
                         metric("engine_interval_ms", "ms", "the engine's mean interval for steps of this kind")],
                rows=rows, config=config, timing=_replay_timing(cfg),
                method="graph_ms: CUDA events around each replay, median (time_gpu); engine intervals from its metrics",
