@@ -47,7 +47,7 @@ class StepCostConfig:
     decode_steps_between: int = 6
     replays: int = 20
     profile_prompt: int = 150
-    timeline_steps: int = 40  # decode-only engine steps timed on the GPU's clock (StepTimeline)
+    timeline_steps: int = 200  # decode-only engine steps timed on the GPU's clock (StepTimeline)
 
 
 def _replay_timing(cfg: StepCostConfig) -> TimingConfig:
@@ -134,13 +134,15 @@ def measure(model: Transformer, cfg: StepCostConfig) -> tuple[list[dict], list[d
         engine.step()
     mixed = runner.mixed_graphs
     decode_graph = next(g for g in runner.decode_graphs.sizes if g >= cfg.decodes)
+    decode = {"prompt_tokens": 0, "step_tokens": cfg.decodes, "graph_tokens": decode_graph,
+              "graph_ms": _replay_ms(runner.decode_graphs.graphs[decode_graph], cfg)}  # fmt: skip
+    # a step was in flight during those replays, and the engine's interval for it spans them: not measured
+    engine.step()
     timeline = StepTimeline(runner)
     before = engine.metrics()
     for _ in range(cfg.timeline_steps):
         engine.step()
     d = _delta(before, engine.metrics())
-    decode = {"prompt_tokens": 0, "step_tokens": cfg.decodes, "graph_tokens": decode_graph,
-              "graph_ms": _replay_ms(runner.decode_graphs.graphs[decode_graph], cfg)}  # fmt: skip
     rows = [{"kind": "decode", **decode, **timeline.summary()["decode"],
              "engine_interval_ms": 1e3 * d["decode_step_seconds"] / max(d["decode_steps"], 1)}]  # fmt: skip
     kernels, between = [], defaultdict(list)  # the decode-only steps between prompts: per prompt length
