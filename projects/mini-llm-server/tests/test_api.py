@@ -281,11 +281,12 @@ def test_serving_bench_at_toy_scale_measures_every_policy(parts, tmp_path):
     cfg = ServingConfig(concurrencies=(1, 3), requests_per_client=2, min_requests=3, prompt_words=(2, 6),
                         output_tokens=(3, 6), max_num_seqs=4, overload_seconds=1.0, max_num_batched_tokens=16,
                         step_token_sweep=(4,), sweep_concurrency=3, top_step_tokens=(8,), client_processes=2,
-                        api_servers=2)  # fmt: skip
+                        api_servers=2, api_server_sweep=(3,))  # fmt: skip
     rows = measure(model, tok, cfg)
-    expected = [(p, c, 16) for p in POLICIES for c in (1, 3)]
-    expected += [(PROCESS_POLICY, 3, 16), (SCALED_POLICY, 3, 4), (SCALED_POLICY, 3, 8)]
-    assert [(r["policy"], r["concurrency"], r["step_tokens"]) for r in rows[:-1]] == expected
+    expected = [(p, c, 16, 2 if p == SCALED_POLICY else 0) for p in POLICIES for c in (1, 3)]
+    expected += [(PROCESS_POLICY, 3, 16, 0), (SCALED_POLICY, 3, 4, 2), (SCALED_POLICY, 3, 8, 2)]
+    expected += [(SCALED_POLICY, 3, 16, 3)]  # the API process sweep
+    assert [(r["policy"], r["concurrency"], r["step_tokens"], r["api_servers"]) for r in rows[:-1]] == expected
     for r in rows[:-1]:  # closed loop under the queue bound: everything answered, in order of percentiles
         assert r["ok"] == r["requests"] and r["errors"] == 0 and r["rejected_429"] == 0, r
         assert r["ttft_p50_ms"] <= r["ttft_p99_ms"] and r["kv_MB_per_request"] > 0

@@ -90,6 +90,9 @@ class ServingConfig:
     top_step_tokens: tuple[int, ...] = (512,)
     # SCALED_POLICY's HTTP side: at 32 streams one process was busy 84% of the time (stop 15's H100 record)
     api_servers: int = 4
+    # further API process counts, measured at sweep_concurrency with the default budget: each process writes
+    # its streams' tokens one after another, so fewer streams per process could shorten delivery's tail
+    api_server_sweep: tuple[int, ...] = (8,)
 
 
 @contextlib.contextmanager
@@ -165,7 +168,7 @@ def measure(model: Transformer, tok: Tokenizer, cfg: ServingConfig, factory: Mod
 
 def _measure(model: Transformer, tok: Tokenizer, cfg: ServingConfig, client: ProcessPoolExecutor,
              factory: ModelFactory) -> list[dict]:  # fmt: skip
-    def point(policy: str, c: int, step_tokens: int) -> dict:
+    def point(policy: str, c: int, step_tokens: int, api_servers: int | None = None) -> dict:
         scheduling = "continuous" if policy in (PROCESS_POLICY, SCALED_POLICY) else policy
         seqs = 1 if policy == "fifo" else cfg.max_num_seqs
         group = max(1, min(c, seqs) // ADMISSION_DIVISOR) if scheduling == "continuous" else 1
@@ -176,19 +179,22 @@ def _measure(model: Transformer, tok: Tokenizer, cfg: ServingConfig, client: Pro
         load = LoadConfig(url="", model="bench", num_requests=n, concurrency=c, prompt_words=cfg.prompt_words,
                           output_tokens=cfg.output_tokens)  # fmt: skip
         t0 = time.perf_counter()
-        api_servers = cfg.api_servers if policy == SCALED_POLICY else 0
+        if api_servers is None:
+            api_servers = cfg.api_servers if policy == SCALED_POLICY else 0
         row = _point(model, tok, engine, load, cfg.max_queue, client, cfg.client_processes,
                      factory if scheduling != policy else None, api_servers)  # fmt: skip
-        print(f"  {policy} c={c} step tokens {step_tokens}: {row['tokens_per_s']:.0f} tok/s, p95 ITL "
+        print(f"  {policy} ({api_servers}) c={c} step tokens {step_tokens}: {row['tokens_per_s']:.0f} tok/s, p95 ITL "
               f"{row['itl_p95_ms']:.2f} ms, HTTP CPU {row['server_cpu_share']:.2f} ({time.perf_counter() - t0:.0f} s)",
               flush=True)  # fmt: skip
-        return {"policy": policy, "load": f"closed, {c} clients", "concurrency": c, "step_tokens": step_tokens, **row}
+        return {"policy": policy, "load": f"closed, {c} clients", "concurrency": c, "step_tokens": step_tokens,
+                "api_servers": api_servers, **row}  # fmt: skip
 
     rows = [point(policy, c, cfg.max_num_batched_tokens) for policy in POLICIES for c in cfg.concurrencies]
     rows.append(point(PROCESS_POLICY, cfg.sweep_concurrency, cfg.max_num_batched_tokens))
     rows += [point(cfg.sweep_policy, cfg.sweep_concurrency, b) for b in cfg.step_token_sweep]
     top = max(cfg.concurrencies)
     rows += [point(cfg.sweep_policy, top, b) for b in cfg.top_step_tokens]
+    rows += [point(SCALED_POLICY, cfg.sweep_concurrency, cfg.max_num_batched_tokens, n) for n in cfg.api_server_sweep]
     sustained = next(r for r in rows if r["policy"] == "continuous" and r["concurrency"] == top)["requests_per_s"]
     rate = cfg.overload_factor * sustained
     group = max(1, cfg.max_num_seqs // ADMISSION_DIVISOR)
@@ -198,7 +204,7 @@ def _measure(model: Transformer, tok: Tokenizer, cfg: ServingConfig, client: Pro
                       rate=rate, prompt_words=cfg.prompt_words, output_tokens=cfg.output_tokens)  # fmt: skip
     queue = cfg.max_num_seqs  # a queue as deep as one batch: past it, refuse rather than let TTFT grow
     rows.append({"policy": "continuous", "load": f"open, {cfg.overload_factor:g}x sustained rate ({rate:.1f}/s)",
-                 "concurrency": 0, "step_tokens": cfg.max_num_batched_tokens,
+                 "concurrency": 0, "step_tokens": cfg.max_num_batched_tokens, "api_servers": 0,
                  **_point(model, tok, engine, load, queue, client, cfg.client_processes)})  # fmt: skip
     return rows
 
@@ -226,10 +232,12 @@ def http_stack() -> str:
 def write_serving_record(rows: list[dict], cfg: ServingConfig, model_name: str, device: torch.device,
                          root: Path | None = None) -> Path:  # fmt: skip
     ctx = service_context(hardware_label(device), root)
-    params = ("policy", "load", "concurrency", "step_tokens")
+    params = ("policy", "load", "concurrency", "step_tokens", "api_servers")
     keys = [k for k in rows[0] if k not in params]
     columns = [param("policy"), param("load"), param("concurrency", "closed-loop clients; 0: open loop"),
-               param("step_tokens", "tokens computed per step at most")]  # fmt: skip
+               param("step_tokens", "tokens computed per step at most"),
+               param("api_servers", "API server processes in front of the engine's; 0: HTTP in the process that "
+                     "starts the engine")]  # fmt: skip
     units = {"_ms": "ms", "_MB_per_request": "MB", "_us_per_token": "us"}
     columns += [metric(k, next((u for end, u in units.items() if k.endswith(end)), "")) for k in keys]
     config = {**asdict(cfg), "model": model_name, "http_stack": http_stack()}
