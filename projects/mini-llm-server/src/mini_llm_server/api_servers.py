@@ -28,6 +28,7 @@ from tinyllm.tokenizer import Tokenizer
 from mini_llm_server.api import ServiceConfig, create_app
 from mini_llm_server.config import EngineConfig
 from mini_llm_server.engine_process import EngineClient, ModelFactory, start_engine
+from mini_llm_server.heap import freeze_startup_heap
 from mini_llm_server.metrics import StreamStats, shared_cells
 
 
@@ -39,6 +40,7 @@ def _api_main(conn: Connection, sock: socket.socket, tokenizer: Tokenizer, servi
     engine = EngineClient(conn, block_size, on_loop=True)
     app = create_app(engine, tokenizer, service, StreamStats(cells, row))
     server = uvicorn.Server(uvicorn.Config(app, log_level=log_level))
+    freeze_startup_heap()
 
     async def serve() -> None:
         engine.attach()  # the engine's messages are read on this loop, which serves the streams

@@ -20,6 +20,7 @@ def _serve(args: argparse.Namespace) -> int:
     from mini_llm_server.api import ServiceConfig, create_app
     from mini_llm_server.async_engine import AsyncEngine
     from mini_llm_server.chat_template import load_chat_template
+    from mini_llm_server.heap import freeze_startup_heap
 
     if args.api_servers < 1:
         raise SystemExit(f"--api-servers must be >= 1, got {args.api_servers}")
@@ -50,6 +51,7 @@ def _serve(args: argparse.Namespace) -> int:
     else:
         engine = AsyncEngine(LLMEngine(model))
     app = create_app(engine, tok, service)
+    freeze_startup_heap()
     uvicorn.run(app, host=args.host, port=args.port)
     return 0
 
@@ -105,6 +107,30 @@ def _serving_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _gc_bench(args: argparse.Namespace) -> int:
+    import torch
+    from tinyllm.model import Transformer
+    from tinyllm.presets import get_preset
+
+    from mini_llm_server.engine_process import copy_of
+    from mini_llm_server.heap import measure, write_gc_record
+    from mini_llm_server.serving import gpu_model
+
+    if torch.cuda.is_available():  # the serving benchmark's model, built in the engine process
+        device, name = torch.device("cuda"), "tinyllama-1.1b-random (small tokenizer)"
+        tok = registry.tokenizer("small")
+        factory = functools.partial(gpu_model, device, tok)
+    else:  # the CPU service's default preset, random weights (the heap, not the text, is measured)
+        device, name = torch.device("cpu"), "tiny-random"
+        tok = registry.tokenizer("tiny")
+        factory = functools.partial(copy_of, Transformer(get_preset("tiny").model).eval(), tok)
+    rows = measure(factory, tok, EngineConfig())
+    for r in rows:
+        print(f"  {r}", flush=True)
+    print(f"wrote {write_gc_record(rows, name, device)}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="mini-llm-server", description="A small vLLM: continuous batching engine.")
     sub = ap.add_subparsers(dest="command", required=True)
@@ -153,6 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     sk.add_argument("--max-queue", type=int, default=16, help="the server's waiting-request bound")
     sub.add_parser("serving-bench", help="TTFT/ITL by policy and concurrency, then 2x overload (GPU)")
     sub.add_parser("step-bench", help="GPU time of a decode step and of steps carrying prompts, by size (GPU)")
+    sub.add_parser("gc-bench", help="a full GC in the engine and API processes, before and after the freeze")
     b = sub.add_parser("bench", help="the offline throughput benchmark (same as `mlsys bench mini-llm-server`)")
     b.add_argument("--scale", choices=("auto", "gpu", "cpu"), default="auto")
     b.add_argument("--tables", action="store_true")
@@ -165,6 +192,8 @@ def main(argv: list[str] | None = None) -> int:
         return _soak(args)
     if args.command == "serving-bench":
         return _serving_bench(args)
+    if args.command == "gc-bench":
+        return _gc_bench(args)
     if args.command == "step-bench":
         from mini_llm_server.step_costs import main as step_bench
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import itertools
 import multiprocessing
 import signal
@@ -37,6 +38,7 @@ from tinyllm.tokenizer import Tokenizer
 
 from mini_llm_server.config import EngineConfig
 from mini_llm_server.engine import LLMEngine, RequestOutput
+from mini_llm_server.heap import freeze_startup_heap
 
 ModelFactory = Callable[[], tuple[Transformer, Tokenizer | None]]
 # A client that reads its pipe with a thread (EngineProcess; an API server process reads on its event loop):
@@ -88,6 +90,7 @@ class _EngineLoop:
     def __init__(self, conns: list[Connection], factory: ModelFactory, config: EngineConfig) -> None:
         model, self.tok = factory()
         self.engine = LLMEngine(model, config)
+        freeze_startup_heap()  # before "ready": the collection it starts with delays no request
         self.clients = dict(enumerate(conns))
         self.index = {id(conn): c for c, conn in self.clients.items()}
         self.engine_id: dict[tuple[int, int], int] = {}
@@ -133,8 +136,8 @@ class _EngineLoop:
             if eid is not None:
                 del self.owner[eid]
                 engine.abort(eid)
-        elif msg[0] == "metrics":
-            self.send(c, ("metrics", msg[1], engine.metrics()))
+        elif msg[0] == "metrics":  # and what this process keeps out of the collector's way (heap.py)
+            self.send(c, ("metrics", msg[1], {**engine.metrics(), "gc_frozen_objects": gc.get_freeze_count()}))
         elif msg[0] == "close":
             self.drop(c)
 
