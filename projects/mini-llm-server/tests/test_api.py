@@ -170,7 +170,8 @@ def test_load_generator_reports_latencies_and_writes_a_record(stack, tmp_path, m
     results, wall = asyncio.run(run(cfg))
     summary = summarize(results, wall)
     assert summary["requests"] == 6 and summary["ok"] + summary["rejected_429"] == 6 and summary["errors"] == 0
-    assert summary["ok"] > 0 and summary["ttft_p50_ms"] > 0 and summary["itl_p99_ms"] >= summary["itl_p50_ms"]
+    assert summary["ok"] > 0 and summary["ttft_p50_ms"] > 0
+    assert summary["itl_p50_ms"] <= summary["itl_p99_ms"] <= summary["itl_max_ms"]
     assert summary["e2e_p95_ms"] >= summary["ttft_p95_ms"] and summary["tokens_per_s"] > 0
     # tokens come from each stream's usage chunk: at least one per chunk that carried text
     assert all(4 <= r.tokens <= 12 and r.tokens >= len(r.itl) + 1 for r in results if r.status == 200)

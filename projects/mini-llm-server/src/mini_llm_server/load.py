@@ -198,6 +198,9 @@ def summarize(results: list[Result], wall: float, client_cpu_share: float | None
         for q in (50, 95, 99):
             v = _pct(values, q)
             summary[f"{name}_p{q}_ms"] = None if v is None else v * 1e3
+    # the longest any client waited between two chunks: a pause of the whole server (a garbage collection, a
+    # stall) is one gap per stream, too few to reach a percentile
+    summary["itl_max_ms"] = max(itl) * 1e3 if itl else None
     if client_cpu_share is not None:  # from run_split: the busiest client process's
         summary["client_cpu_share"] = client_cpu_share
     return summary
