@@ -28,6 +28,6 @@ def test_gc_bench_measures_the_engine_and_api_processes(parts, tmp_path):
     assert [r["process"] for r in rows] == ["engine process", "API server process"]
     for r in rows:  # each imported torch at least: a large heap, then a full collection that skips it
         assert r["tracked_objects"] > 10_000 and r["frozen_objects"] > 10_000, r
-        assert r["full_collection_ms_frozen"] < r["full_collection_ms"], r
+        assert r["full_collection_ms_frozen"] < r["full_collection_ms"] / 10, r
     path = write_gc_record(rows, "toy", torch.device("cpu"), root=tmp_path)
     assert [r["process"] for r in read_record(path).rows] == ["engine process", "API server process"]
