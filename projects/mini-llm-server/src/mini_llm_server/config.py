@@ -18,7 +18,8 @@ class EngineConfig:
     # tokens computed per step at most (the chunked-prefill budget). Every stream waits for a step that carries
     # prompt tokens, so this bounds the inter-token tail. In three H200 runs (at 71e8ae5, 40aff69, e918e47) 32
     # streams had a p95 gap of 2.07-2.09 ms with 256 against 2.40-2.42 with 512, and at 128 streams 256 kept
-    # 512's throughput (results/h200/serving.json; earlier/serving_71e8ae5_budget_512.json)
+    # 512's throughput (results/h200/serving.json; earlier/serving_71e8ae5_budget_512.json; the 40aff69 run is
+    # that file's version at commit 8aa34e0)
     max_num_batched_tokens: int = 256
     # continuous batching: while sequences decode, wait until this many waiting requests (or all there are)
     # can be admitted together; 1 admits as soon as a seat frees. Trades a little TTFT for fewer steps that
