@@ -293,6 +293,7 @@ def test_serving_bench_at_toy_scale_measures_every_policy(parts, tmp_path):
         assert r["ttft_p50_ms"] <= r["ttft_p99_ms"] and r["kv_MB_per_request"] > 0
         assert r["mixed_step_ms"] > 0 and 0 < r["mixed_step_share"] <= 1 and r["decode_step_ms"] >= 0
         assert r["server_cpu_share"] > 0, r  # the HTTP side's CPU, wherever it runs
+        assert r["gpu_busy_share"] is None and r["eager_steps"] is None  # the GPU's clock: on a GPU only
     assert rows[-1]["load"].startswith("open") and rows[-1]["errors"] == 0
     path = write_serving_record(rows, cfg, "toy", torch.device("cpu"), root=tmp_path)
     assert len(read_record(path).rows) == len(rows)

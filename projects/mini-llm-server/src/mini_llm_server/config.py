@@ -37,6 +37,9 @@ class EngineConfig:
     # (scheduling, inputs, reading outputs) overlaps the GPU's instead of leaving it idle. Outputs arrive one
     # step() call later; a step that samples otherwise is read at once.
     overlap_steps: bool = True
+    # on CUDA: two events per step give each kind of step's GPU busy time and the GPU's idle time before it,
+    # waiting for the host (gpu_timeline.py; the gpu_* metrics); a few microseconds of host time per step
+    gpu_timeline: bool = False
 
     def __post_init__(self) -> None:
         if self.block_size < 1:

@@ -163,6 +163,8 @@ class DecodeGraphs:
         host = self.inputs.writable()
         host["meta"][:, :G] = np.array(cols).T
         host["tables"][:B, :width] = tables
+        if self.runner.timeline is not None:
+            self.runner.timeline.start("decode")
         self.inputs.upload()
         self.replays += 1
         self.runner.prepare_seconds += time.perf_counter() - t0
@@ -231,6 +233,8 @@ class MixedGraphs:
         # every row of ends is read: stale rows from a larger step could point past this step's tokens
         host["ends"][: len(inputs.ends)] = inputs.ends
         host["ends"][len(inputs.ends) : S] = 0
+        if self.runner.timeline is not None:
+            self.runner.timeline.start("mixed")
         self.inputs.upload()
         self.replays += 1
         self.last_tokens, self.last_size = n, N  # what step_costs.py replays again

@@ -24,6 +24,7 @@ from tinyllm.sampling import SamplingParams, make_generator, sample
 
 from mini_llm_server.block_manager import BlockManager
 from mini_llm_server.config import EngineConfig
+from mini_llm_server.gpu_timeline import GpuTimeline
 from mini_llm_server.model_runner import ModelRunner, fused_weight_bytes, kv_bytes_per_block
 from mini_llm_server.scheduler import Scheduler
 from mini_llm_server.sequence import Sequence, Status
@@ -102,6 +103,10 @@ class LLMEngine:
         self.runner = ModelRunner(model, num_blocks, config.block_size, config.max_num_seqs, paged_kernel=paged,
                                   decode_graph_batch=graphs,
                                   mixed_graph_tokens=config.max_num_batched_tokens if graphs else 0)  # fmt: skip
+        if config.gpu_timeline:
+            if not on_gpu:
+                raise ValueError("gpu_timeline times steps with CUDA events: the model must be on a CUDA device")
+            self.runner.timeline = GpuTimeline()
         self.in_flight: InFlight | None = None
         self.seqs: dict[int, Sequence] = {}
         self._ids = itertools.count()
@@ -199,6 +204,8 @@ class LLMEngine:
             outputs.append(RequestOutput(seq.seq_id, [], list(seq.output), True, "timeout"))
         t1 = time.perf_counter()
         if not schedule.seqs:
+            if self.runner.timeline is not None:
+                self.runner.timeline.pause()
             self.step_seconds["schedule"] += t1 - t0
             outputs += self._read_in_flight()
             self.step_seconds["sample"] += time.perf_counter() - t1
@@ -357,4 +364,12 @@ class LLMEngine:
             **{f"{k}_steps": v for k, v in self.steps_by_kind.items()},
             **{f"{k}_step_seconds": v for k, v in self.seconds_by_kind.items()},
             **{f"itl_p{q}_ms": histogram_percentile_ms(self.itl_counts, q) for q in (50, 95, 99)},
+            **self._timeline_metrics(),
         }
+
+    def _timeline_metrics(self) -> dict[str, float | int]:
+        """gpu_{kind}_{steps, gpu_busy_ms, ...} per kind of step (GpuTimeline.summary), with gpu_timeline."""
+        if self.runner.timeline is None:
+            return {}
+        return {f"gpu_{kind}_{k.removeprefix('gpu_')}": v for kind, s in self.runner.timeline.summary().items()
+                for k, v in s.items()}  # fmt: skip

@@ -21,6 +21,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from mini_llm_server.cuda_graphs import DecodeGraphs, MixedGraphs
 from mini_llm_server.fused_ops import add_rmsnorm, embed, rope_and_cache
 from mini_llm_server.gemv import project, project_swiglu
+from mini_llm_server.gpu_timeline import GpuTimeline
 from mini_llm_server.paged_attention import paged_varlen_attention, tokens_per_tile
 from mini_llm_server.scheduler import ScheduledSeq
 from mini_llm_server.step_inputs import step_inputs
@@ -90,6 +91,7 @@ class ModelRunner:
         mixed = graphs and mixed_graph_tokens > 0
         self.mixed_graphs = MixedGraphs(self, mixed_graph_tokens, decode_graph_batch) if mixed else None
         self.prepare_seconds = 0.0  # host time building each step's inputs, summed (the engine's "prepare")
+        self.timeline: GpuTimeline | None = None  # steps on the GPU's clock (EngineConfig.gpu_timeline)
 
     def copy_blocks(self, copies: list[tuple[int, int]]) -> None:
         """Copy-on-write: duplicate shared blocks before a sequence writes into its private copy."""
@@ -107,6 +109,8 @@ class ModelRunner:
         host = self._sampled_host[self._sampled_turn][:n]
         self._sampled_turn ^= 1
         host.copy_(self.sampled[:n], non_blocking=True)
+        if self.timeline is not None:
+            self.timeline.end()
         if self.device.type != "cuda":
             return host, None
         ready = torch.cuda.Event()
@@ -124,6 +128,8 @@ class ModelRunner:
             return self.mixed_graphs.run(batch)
         t0 = time.perf_counter()
         inputs = step_inputs(batch, self.block_size, self.tokens_per_tile)
+        if self.timeline is not None:  # launched kernel by kernel: its busy time includes the launches' gaps
+            self.timeline.start("eager")
         tokens, positions, slots, ends = (self._to_device(v) for v in (inputs.tokens, inputs.positions,
                                                                        inputs.slots, inputs.ends))  # fmt: skip
         feeds = self._to_device(inputs.feeds) if any(f >= 0 for f in inputs.feeds) else None

@@ -154,8 +154,28 @@ def _point(model: Transformer, tok: Tokenizer, engine_config: EngineConfig, load
     summary["mixed_step_share"] = m["mixed_steps"] / max(m["steps"], 1)
     for q in (50, 95, 99):  # the engine's own inter-token gaps, as it reads the tokens: the tail before delivery
         summary[f"engine_itl_p{q}_ms"] = m[f"itl_p{q}_ms"]
+    summary.update(_gpu_figures(m))
     release_memory(model.lm_head.weight.device)
     return summary
+
+
+def _gpu_figures(m: dict) -> dict[str, float | None]:
+    """The engine's steps on the GPU's clock (EngineConfig.gpu_timeline; None without it): the share of the
+    GPU's time from step to step spent in them, each kind's mean busy time, the mean and longest wait for the
+    host before a step, steps run eagerly (no graph fitted)."""
+    kinds = [k for k in ("decode", "mixed", "eager") if f"gpu_{k}_steps" in m]
+    if not kinds:
+        return dict.fromkeys(("gpu_busy_share", "decode_gpu_ms", "mixed_gpu_ms", "gpu_idle_ms", "gpu_idle_max_ms",
+                              "eager_steps"))  # fmt: skip
+    busy, idle = (sum(m[f"gpu_{k}_{t}_total_ms"] for k in kinds) for t in ("busy", "idle"))
+    steps = sum(m[f"gpu_{k}_steps"] for k in kinds)
+    # idle is known only before a step that follows a step's end (GpuTimeline): the few after a break (an idle
+    # engine, a step that sampled nothing) count as not waiting, so the busy share is an upper bound
+    return {"gpu_busy_share": busy / (busy + idle) if busy else None,
+            "decode_gpu_ms": m.get("gpu_decode_busy_ms"), "mixed_gpu_ms": m.get("gpu_mixed_busy_ms"),
+            "gpu_idle_ms": idle / steps if steps else None,
+            "gpu_idle_max_ms": max(m[f"gpu_{k}_idle_max_ms"] for k in kinds),
+            "eager_steps": m.get("gpu_eager_steps", 0)}  # fmt: skip
 
 
 def measure(model: Transformer, tok: Tokenizer, cfg: ServingConfig, factory: ModelFactory | None = None) -> list[dict]:
@@ -168,12 +188,14 @@ def measure(model: Transformer, tok: Tokenizer, cfg: ServingConfig, factory: Mod
 
 def _measure(model: Transformer, tok: Tokenizer, cfg: ServingConfig, client: ProcessPoolExecutor,
              factory: ModelFactory) -> list[dict]:  # fmt: skip
+    timeline = model.lm_head.weight.device.type == "cuda"  # every engine's steps on the GPU's clock, on a GPU
+
     def point(policy: str, c: int, step_tokens: int, api_servers: int | None = None) -> dict:
         scheduling = "continuous" if policy in (PROCESS_POLICY, SCALED_POLICY) else policy
         seqs = 1 if policy == "fifo" else cfg.max_num_seqs
         group = max(1, min(c, seqs) // ADMISSION_DIVISOR) if scheduling == "continuous" else 1
         engine = EngineConfig(policy=scheduling, max_num_seqs=seqs, max_num_batched_tokens=step_tokens,
-                              min_admission=group)  # fmt: skip
+                              min_admission=group, gpu_timeline=timeline)  # fmt: skip
         cap = cfg.fifo_max_requests if policy == "fifo" else cfg.max_requests
         n = min(cap, max(cfg.min_requests, cfg.requests_per_client * c))
         load = LoadConfig(url="", model="bench", num_requests=n, concurrency=c, prompt_words=cfg.prompt_words,
@@ -199,7 +221,7 @@ def _measure(model: Transformer, tok: Tokenizer, cfg: ServingConfig, client: Pro
     rate = cfg.overload_factor * sustained
     group = max(1, cfg.max_num_seqs // ADMISSION_DIVISOR)
     engine = EngineConfig(max_num_seqs=cfg.max_num_seqs, max_num_batched_tokens=cfg.max_num_batched_tokens,
-                          min_admission=group)  # fmt: skip
+                          min_admission=group, gpu_timeline=timeline)  # fmt: skip
     load = LoadConfig(url="", model="bench", num_requests=max(cfg.min_requests, int(rate * cfg.overload_seconds)),
                       rate=rate, prompt_words=cfg.prompt_words, output_tokens=cfg.output_tokens)  # fmt: skip
     queue = cfg.max_num_seqs  # a queue as deep as one batch: past it, refuse rather than let TTFT grow

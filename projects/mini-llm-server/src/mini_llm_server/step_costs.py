@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import statistics
 from collections import defaultdict
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import torch
@@ -47,7 +46,7 @@ class StepCostConfig:
     decode_steps_between: int = 6
     replays: int = 20
     profile_prompt: int = 150
-    timeline_steps: int = 200  # decode-only engine steps timed on the GPU's clock (StepTimeline)
+    timeline_steps: int = 200  # decode-only engine steps timed on the GPU's clock (GpuTimeline)
 
 
 def _replay_timing(cfg: StepCostConfig) -> TimingConfig:
@@ -58,62 +57,9 @@ def _replay_ms(graph: torch.cuda.CUDAGraph, cfg: StepCostConfig) -> float:
     return 1e3 * time_gpu(graph.replay, config=_replay_timing(cfg)).median
 
 
-class StepTimeline:
-    """Events on the GPU's stream around each engine step of a runner: one as the step's inputs upload (the
-    host has built them: its first GPU work), one after its sampled tokens are copied out. A step's busy time
-    runs from its start to its end; its idle time from the previous step's end to its start, which the GPU
-    reaches only once the host has queued the step: the host's share of an interval the graph alone does not
-    explain. A step that samples nothing (a prompt chunk short of its end) has no end and breaks the chain."""
-
-    def __init__(self, runner, event: Callable[[], object] | None = None) -> None:
-        self.event = event or (lambda: torch.cuda.Event(enable_timing=True))
-        self.marks: list[list] = []  # [kind, start event, end event or None]
-        for graphs, kind in ((runner.decode_graphs, "decode"), (runner.mixed_graphs, "mixed")):
-            self._time_runs(graphs, kind)
-        sample = runner.sample_greedy
-
-        def sampled(logits):
-            out = sample(logits)
-            if self.marks and self.marks[-1][2] is None:
-                self.marks[-1][2] = self._record()
-            return out
-
-        runner.sample_greedy = sampled  # on the instance: the engine calls it through the runner
-
-    def _record(self):
-        e = self.event()
-        e.record()
-        return e
-
-    def _time_runs(self, graphs, kind: str) -> None:
-        upload = graphs.inputs.upload
-
-        def timed():
-            self.marks.append([kind, self._record(), None])
-            return upload()
-
-        graphs.inputs.upload = timed
-
-    def clear(self) -> None:
-        self.marks = []
-
-    def summary(self) -> dict[str, dict[str, float]]:
-        """Per kind of step, waiting for the last event first: mean busy and mean idle ms before it (means, so
-        that with the steps' count they add up to the engine's time for them) and the longest idle."""
-        done = [m for m in self.marks if m[2] is not None]
-        if done:
-            done[-1][2].synchronize()
-        busy, idle, last_end = defaultdict(list), defaultdict(list), None
-        for kind, start, end in self.marks:
-            if end is None:
-                last_end = None
-                continue
-            busy[kind].append(start.elapsed_time(end))
-            if last_end is not None:
-                idle[kind].append(last_end.elapsed_time(start))
-            last_end = end
-        return {k: {"gpu_busy_ms": statistics.mean(v), "gpu_idle_before_ms": statistics.mean(idle[k] or [0.0]),
-                    "gpu_idle_max_ms": max(idle[k] or [0.0])} for k, v in busy.items()}  # fmt: skip
+def _gpu(summary: dict[str, float]) -> dict[str, float]:
+    """A kind's GPU busy and idle figures from GpuTimeline.summary, as the record's columns name them."""
+    return {k: summary[k] for k in ("gpu_busy_ms", "gpu_idle_before_ms", "gpu_idle_max_ms")}
 
 
 def _delta(before: dict, after: dict) -> dict:
@@ -122,8 +68,11 @@ def _delta(before: dict, after: dict) -> dict:
 
 def measure(model: Transformer, cfg: StepCostConfig) -> tuple[list[dict], list[dict]]:
     """(a row per prompt length, and the decode-only row first; the profiled mixed step's kernel families)."""
-    engine = LLMEngine(model, EngineConfig(max_num_seqs=128, max_num_batched_tokens=cfg.max_num_batched_tokens))
-    runner, gen = engine.runner, torch.Generator().manual_seed(0)
+    if model.lm_head.weight.device.type != "cuda":
+        raise RuntimeError("step-bench measures the CUDA-graph steps: it needs the paged kernels on a GPU")
+    engine = LLMEngine(model, EngineConfig(max_num_seqs=128, max_num_batched_tokens=cfg.max_num_batched_tokens,
+                                           gpu_timeline=True))  # fmt: skip
+    runner, gen, timeline = engine.runner, torch.Generator().manual_seed(0), engine.runner.timeline
     if runner.decode_graphs is None or runner.mixed_graphs is None:
         raise RuntimeError("step-bench measures the CUDA-graph steps: it needs the paged kernels on a GPU")
     vocab = model.cfg.vocab_size
@@ -138,25 +87,25 @@ def measure(model: Transformer, cfg: StepCostConfig) -> tuple[list[dict], list[d
               "graph_ms": _replay_ms(runner.decode_graphs.graphs[decode_graph], cfg)}  # fmt: skip
     # a step was in flight during those replays, and the engine's interval for it spans them: not measured
     engine.step()
-    timeline = StepTimeline(runner)
+    timeline.reset()
     before = engine.metrics()
     for _ in range(cfg.timeline_steps):
         engine.step()
     d = _delta(before, engine.metrics())
-    rows = [{"kind": "decode", **decode, **timeline.summary()["decode"],
+    rows = [{"kind": "decode", **decode, **_gpu(timeline.summary(wait=True)["decode"]),
              "engine_interval_ms": 1e3 * d["decode_step_seconds"] / max(d["decode_steps"], 1)}]  # fmt: skip
     kernels, between = [], defaultdict(list)  # the decode-only steps between prompts: per prompt length
     try:
         for plen in cfg.prompt_tokens:
             before = engine.metrics()
             graph_ms = []
-            timeline.clear()
+            timeline.reset()
             for i in range(cfg.prompts_per_length + 1):
                 short = SamplingParams(temperature=0.0, max_new_tokens=2)  # gone before the next prompt
                 engine.add_request(torch.randint(0, vocab, (plen,), generator=gen).tolist(), short)
                 if i == cfg.prompts_per_length:  # the replays below would lengthen the engine's intervals
                     after = engine.metrics()
-                    steps = timeline.summary()
+                    steps = timeline.summary(wait=True)
                 engine.step()
                 if i == cfg.prompts_per_length:  # the step just run: its graph, again, on its inputs
                     graph_ms.append(_replay_ms(mixed.graphs[mixed.last_size], cfg))
@@ -166,11 +115,11 @@ def measure(model: Transformer, cfg: StepCostConfig) -> tuple[list[dict], list[d
                     engine.step()
             d = _delta(before, after)
             between["engine_interval_ms"].append(1e3 * d["decode_step_seconds"] / max(d["decode_steps"], 1))
-            for k, v in steps["decode"].items():
+            for k, v in _gpu(steps["decode"]).items():
                 between[k].append(v)
             rows.append({"kind": "mixed", "prompt_tokens": plen, "step_tokens": mixed.last_tokens,
                          "graph_tokens": mixed.last_size,
-                         "graph_ms": graph_ms[0], **steps["mixed"],
+                         "graph_ms": graph_ms[0], **_gpu(steps["mixed"]),
                          "engine_interval_ms": 1e3 * d["mixed_step_seconds"] / max(d["mixed_steps"], 1)})  # fmt: skip
     finally:
         engine.close()
@@ -191,9 +140,9 @@ def write_records(rows: list[dict], kernels: list[dict], cfg: StepCostConfig, de
                         metric("graph_tokens", "tokens", "the captured graph's padded size"),
                         metric("graph_ms", "ms", "GPU time of one replay of the step's graph, on its inputs"),
                         metric("gpu_busy_ms", "ms", "engine steps of this kind: GPU time from the step's input "
-                               "upload to its tokens' copy, mean (StepTimeline)"),
+                               "upload to its tokens' copy, mean (GpuTimeline)"),
                         metric("gpu_idle_before_ms", "ms", "engine steps of this kind: GPU idle between the "
-                               "previous step's end and the step's upload, mean (StepTimeline)"),
+                               "previous step's end and the step's upload, mean (GpuTimeline)"),
                         metric("gpu_idle_max_ms", "ms", "engine steps of this kind: the longest such idle"),
                         metric("engine_interval_ms", "ms", "the engine's mean interval for steps of this kind")],
                rows=rows, config=config, timing=_replay_timing(cfg),
