@@ -63,7 +63,7 @@ def _gpu(summary: dict[str, float]) -> dict[str, float]:
 
 
 def _delta(before: dict, after: dict) -> dict:
-    return {k: after[k] - before[k] for k in after if isinstance(after[k], int | float)}
+    return {k: after[k] - before[k] for k in after.keys() & before.keys() if isinstance(after[k], int | float)}
 
 
 def measure(model: Transformer, cfg: StepCostConfig) -> tuple[list[dict], list[dict]]:
