@@ -62,7 +62,7 @@ def test_busy_and_idle_per_kind_and_broken_chains():
                           "gpu_busy_total_ms": 3.5, "gpu_idle_total_ms": 2.0}  # fmt: skip
     timeline.reset()
     assert timeline.summary() == {}
-    _run(timeline, clock, "decode", 3.0, 1.0)  # the chain goes on across a reset
+    _run(timeline, clock, "decode", 3.0, 1.0)  # every step had passed: the reset waited for none, the chain goes on
     assert timeline.summary()["decode"]["gpu_idle_before_ms"] == 3.0
 
 
@@ -77,6 +77,8 @@ def test_steps_are_folded_only_once_their_end_has_passed_unless_asked_to_wait():
     assert timeline.summary()["decode"]["steps"] == 1
     assert timeline.summary(wait=True)["decode"]["steps"] == 2
     assert timeline.summary()["decode"]["gpu_idle_before_ms"] == 1.0
+    _run(timeline, clock, "decode", 5.0, 2.0)  # after the wait: its idle is not the host's, and not counted
+    assert timeline.summary(wait=True)["decode"]["gpu_idle_max_ms"] == 1.0
 
 
 def test_the_engine_starts_and_ends_every_graph_step():

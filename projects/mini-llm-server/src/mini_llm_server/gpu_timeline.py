@@ -56,11 +56,12 @@ class GpuTimeline:
 
     def fold(self, wait: bool = False) -> None:
         """Add the steps whose end has passed on the GPU (all of them, waiting, with `wait`) to the sums."""
+        if wait and self._pending:  # the host waits for the GPU here: the next step's idle is the wait's doing
+            self._pending[-1][2].synchronize()
+            self._last_end = None
         while self._pending:
             kind, start, end, previous = self._pending[0]
-            if wait:
-                end.synchronize()
-            elif not end.query():
+            if not end.query():
                 return
             self._pending.popleft()
             sums = self._sums.setdefault(kind, {"steps": 0, "busy_ms": 0.0, "chained": 0, "idle_ms": 0.0,
@@ -74,7 +75,7 @@ class GpuTimeline:
                 sums["idle_max_ms"] = max(sums["idle_max_ms"], idle)
 
     def reset(self) -> None:
-        """Start the sums over; the steps already launched count toward the old ones."""
+        """Start the sums over; the steps already launched count toward the old ones (waited for)."""
         if self._pending:
             self.fold(wait=True)
         self._sums: dict[str, dict[str, float]] = {}
