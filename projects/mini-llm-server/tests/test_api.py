@@ -294,6 +294,8 @@ def test_serving_bench_at_toy_scale_measures_every_policy(parts, tmp_path):
         assert r["mixed_step_ms"] > 0 and 0 < r["mixed_step_share"] <= 1 and r["decode_step_ms"] >= 0
         assert r["server_cpu_share"] > 0, r  # the HTTP side's CPU, wherever it runs
         assert r["gpu_busy_share"] is None and r["eager_steps"] is None  # the GPU's clock: on a GPU only
+        for hop in ("taken", "written"):  # the streams' gaps inside the API process(es), wherever it runs
+            assert 0 < r[f"{hop}_itl_p50_ms"] <= r[f"{hop}_itl_p99_ms"], r
     assert rows[-1]["load"].startswith("open") and rows[-1]["errors"] == 0
     path = write_serving_record(rows, cfg, "toy", torch.device("cpu"), root=tmp_path)
     assert len(read_record(path).rows) == len(rows)
@@ -338,14 +340,18 @@ def test_a_stream_left_open_past_close_ends_quietly(parts):
 
 def test_metrics_count_every_streamed_token(parts):
     """The per-token series (a lock-free collector) against what three streamed requests produced."""
+    from mini_llm_server.engine import ITL_BINS
+    from mini_llm_server.metrics import TAKEN, WRITTEN, StreamStats
     from prometheus_client.parser import text_string_to_metric_families
 
     model, tok = parts
+    stats = StreamStats()
     server, thread, url = serve_in_thread(
         create_app(
             AsyncEngine(LLMEngine(model, EngineConfig(num_blocks=64, block_size=8))),
             tok,
             ServiceConfig(model_name="test"),
+            stats,
         )  # fmt: skip
     )
     try:
@@ -363,3 +369,9 @@ def test_metrics_count_every_streamed_token(parts):
         assert samples[(name + "_count", None)] == samples[(name + "_bucket", "+Inf")] == count
         buckets = [v for (n, le), v in samples.items() if n.endswith("_bucket")]
         assert buckets == sorted(buckets) and samples[(name + "_sum", None)] > 0
+    # the gaps inside the API process: one per token after each stream's first as it is taken; as written, one
+    # per event after the first (a token whose text is not yet whole is written with the next)
+    taken, written = (sum(stats.totals()[at : at + ITL_BINS]) for at in (TAKEN, WRITTEN))
+    assert taken == 33 and 0 < written <= 33
+    for at in (TAKEN, WRITTEN):
+        assert 0 < stats.gap_percentile_ms(at, 50) <= stats.gap_percentile_ms(at, 99)

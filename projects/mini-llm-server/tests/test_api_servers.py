@@ -20,7 +20,7 @@ from mini_llm_server import EngineConfig, LLMEngine  # noqa: E402
 from mini_llm_server.api import ServiceConfig  # noqa: E402
 from mini_llm_server.api_servers import ApiServers, process_cpu_seconds  # noqa: E402
 from mini_llm_server.engine_process import copy_of  # noqa: E402
-from mini_llm_server.metrics import ITL, ROW, TTFT, StreamStats, shared_cells  # noqa: E402
+from mini_llm_server.metrics import ITL, ROW, TAKEN, TTFT, WRITTEN, StreamStats, shared_cells  # noqa: E402
 from tinyllm.sampling import SamplingParams  # noqa: E402
 
 CONFIG = EngineConfig(num_blocks=256, block_size=8)
@@ -129,6 +129,15 @@ def test_stream_stats_rows_add_up_across_processes():
     itl = {(s.name, s.labels.get("le")): s.value for s in fams[ITL.name].samples}
     assert itl[(ITL.name + "_bucket", "0.005")] == 1 and itl[(ITL.name + "_count", None)] == 3
     assert itl[(ITL.name + "_sum", None)] == pytest.approx(0.018)
+    # the fine gaps inside the API processes: 10-us bins, read at a bin's upper edge, summed across rows
+    for i, stats in enumerate(rows):
+        for _ in range(30):
+            stats.gap(TAKEN, 0.001 + 0.0001 * i)  # 1.0, 1.1, 1.2 ms
+    rows[2].gap(WRITTEN, 0.0123)
+    assert [rows[0].gap_percentile_ms(TAKEN, q) for q in (30, 50, 99)] == pytest.approx([1.01, 1.11, 1.21])
+    assert rows[1].gap_percentile_ms(WRITTEN, 50) == pytest.approx(12.31)
+    assert [f.name for f in rows[0].collect()] == [  # not exported
+        "mini_llm_generated_tokens", "mini_llm_rejected_requests", TTFT.name, ITL.name]  # fmt: skip
 
 
 def test_api_servers_need_one_process_at_least(parts):

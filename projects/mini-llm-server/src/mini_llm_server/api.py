@@ -33,7 +33,7 @@ from mini_llm_server.async_engine import AsyncEngine
 from mini_llm_server.chat_template import render_chat
 from mini_llm_server.detokenizer import IncrementalDetokenizer
 from mini_llm_server.engine_process import EngineClient
-from mini_llm_server.metrics import ITL, TTFT, Metrics, StreamStats
+from mini_llm_server.metrics import ITL, TAKEN, TTFT, WRITTEN, Metrics, StreamStats
 
 # How often a stream asks whether its client is gone. Under uvicorn (ASGI 2.3) Starlette cancels a stream the
 # moment its client disconnects; the question is the fallback for servers where it does not, and each ask
@@ -177,6 +177,8 @@ def create_app(
             if out.new_tokens:
                 stats.add_tokens(len(out.new_tokens))
                 stats.observe(TTFT if t_last is None else ITL, now - (t_start if t_last is None else t_last))
+                if t_last is not None:
+                    stats.gap(TAKEN, now - t_last)
                 t_last = now
             if out.finished:
                 # the engine ended it on a stop string (or stop token): the text stops before the string
@@ -232,11 +234,15 @@ def create_app(
 
         async def events():
             try:
-                item, last_check = first, time.perf_counter()
+                item, last_check, written = first, time.perf_counter(), None
                 while True:
                     delta, reason, count = item
                     finish = "null" if reason is None else json.dumps(reason)
                     yield f"data: {head}{json.dumps(delta)}{middle}{finish}{tail}\n\n"
+                    now = time.perf_counter()  # back here once the event is written to the socket
+                    if written is not None:
+                        stats.gap(WRITTEN, now - written)
+                    written = now
                     if reason is not None:
                         if req.stream_options is not None and req.stream_options.include_usage:
                             usage = {"prompt_tokens": len(ids), "completion_tokens": count,
@@ -245,7 +251,6 @@ def create_app(
                         break
                     # Starlette cancels this generator when the client goes (ASGI < 2.4, uvicorn's); where a
                     # write to a closed socket may not raise, ask, but not per token: asking costs a task switch
-                    now = time.perf_counter()
                     if now - last_check > DISCONNECT_CHECK_S:
                         if await request.is_disconnected():
                             break

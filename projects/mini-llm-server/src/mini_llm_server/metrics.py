@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from prometheus_client import CollectorRegistry, Gauge
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
 
+from mini_llm_server.engine import ITL_BIN_S, ITL_BINS, histogram_percentile_ms
+
 TOKENS, REJECTED = 0, 1  # a row's first two cells
 
 
@@ -46,7 +48,12 @@ TTFT = RowHistogram("mini_llm_time_to_first_token_seconds", "TTFT", (0.01, 0.025
                     offset=REJECTED + 1)  # fmt: skip
 ITL = RowHistogram("mini_llm_inter_token_latency_seconds", "time between tokens",
                    (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1), offset=TTFT.end)  # fmt: skip
-ROW = ITL.end
+# A stream's inter-token gaps inside its API process, in the engine's 10-us bins (engine.ITL_BIN_S): as its
+# task takes a token off the engine's pipe (TAKEN), and once the token's event is written to the socket
+# (WRITTEN). Beside the engine's own gaps and the client's they split delivery's tail into hops. Kept out of
+# /metrics (5000 buckets make no Prometheus series); serving-bench reads them (StreamStats.gap_percentile_ms).
+TAKEN, WRITTEN = ITL.end, ITL.end + ITL_BINS
+ROW = WRITTEN + ITL_BINS
 
 
 def shared_cells(processes: int) -> MutableSequence[float]:
@@ -71,6 +78,14 @@ class StreamStats:
         start = self.at + histogram.offset
         self.cells[start + bisect.bisect_left(histogram.bounds, value)] += 1  # le: the first bound >= value
         self.cells[start + len(histogram.bounds) + 1] += value
+
+    def gap(self, at: int, seconds: float) -> None:
+        """One inter-token gap, at TAKEN or WRITTEN."""
+        self.cells[self.at + at + min(int(seconds / ITL_BIN_S), ITL_BINS - 1)] += 1
+
+    def gap_percentile_ms(self, at: int, q: float) -> float:
+        """The q-th percentile of the gaps counted at TAKEN or WRITTEN, every process's, in ms."""
+        return histogram_percentile_ms(self.totals()[at : at + ITL_BINS], q)
 
     def totals(self) -> list[float]:
         cells = self.cells[:]  # a snapshot: other processes go on writing theirs

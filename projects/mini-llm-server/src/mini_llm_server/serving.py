@@ -46,6 +46,7 @@ from mini_llm_server.engine import LLMEngine
 from mini_llm_server.engine_process import EngineProcess, ModelFactory, copy_of
 from mini_llm_server.load import LoadConfig, client_pool, run_split, summarize
 from mini_llm_server.load_record import service_context
+from mini_llm_server.metrics import TAKEN, WRITTEN, StreamStats
 from mini_llm_server.model_runner import kv_bytes_per_block
 from mini_llm_server.report import ADMISSION_DIVISOR, TINYLLAMA, release_memory
 
@@ -103,23 +104,24 @@ def _service(
     service: ServiceConfig,
     factory: ModelFactory | None,
     api_servers: int,
-) -> Iterator[tuple[str, object, Callable[[], float]]]:
-    """A fresh server on loopback: (URL, its engine for metrics, the HTTP side's CPU seconds so far). Without
-    `factory` the engine runs in this process; with it, in a process of its own, behind this process's
-    uvicorn thread or (`api_servers` > 0) behind that many API server processes."""
+) -> Iterator[tuple[str, object, Callable[[], float], StreamStats]]:
+    """A fresh server on loopback: (URL, its engine for metrics, the HTTP side's CPU seconds so far, its
+    per-token series). Without `factory` the engine runs in this process; with it, in a process of its own,
+    behind this process's uvicorn thread or (`api_servers` > 0) behind that many API server processes."""
     if api_servers:
         servers = ApiServers(factory, tok, engine_config, service, api_servers)
         try:
-            yield servers.url, servers.engine, servers.cpu_seconds
+            yield servers.url, servers.engine, servers.cpu_seconds, StreamStats(servers.cells)
         finally:
             servers.stop()
         return
     engine = AsyncEngine(LLMEngine(model, engine_config)) if factory is None else EngineProcess(factory, engine_config)
-    app = create_app(engine, tok, service)
+    stats = StreamStats()
+    app = create_app(engine, tok, service, stats)
     server, thread, url = serve_in_thread(app)
     try:
         # every thread of this process: the HTTP side (and the engine, when in-process)
-        yield url, engine, time.process_time
+        yield url, engine, time.process_time, stats
     finally:
         server.should_exit = True
         thread.join(timeout=30)
@@ -131,7 +133,7 @@ def _point(model: Transformer, tok: Tokenizer, engine_config: EngineConfig, load
            api_servers: int = 0) -> dict:  # fmt: skip
     """One load against a fresh server (`_service`), from `client_processes` processes of the `client` pool."""
     service = ServiceConfig(model_name="bench", max_queue=max_queue)
-    with _service(model, tok, engine_config, service, factory, api_servers) as (url, engine, cpu_seconds):
+    with _service(model, tok, engine_config, service, factory, api_servers) as (url, engine, cpu_seconds, stats):
         cpu = cpu_seconds()
         results, wall, client_cpu = run_split(replace(load, url=url), client, client_processes)
         cpu = cpu_seconds() - cpu
@@ -142,6 +144,7 @@ def _point(model: Transformer, tok: Tokenizer, engine_config: EngineConfig, load
         for what in sorted(failed):  # the record counts errors; the log says what they were
             print(f"  error: {what}", flush=True)
         m = asyncio.run(engine.metrics())
+        api_gaps = {(at, q): stats.gap_percentile_ms(at, q) for at in (TAKEN, WRITTEN) for q in (50, 95, 99)}
         del engine
     block_bytes = kv_bytes_per_block(model, engine_config.block_size)
     active = min(load.concurrency or engine_config.max_num_seqs, engine_config.max_num_seqs)  # running at peak
@@ -154,6 +157,10 @@ def _point(model: Transformer, tok: Tokenizer, engine_config: EngineConfig, load
     summary["mixed_step_share"] = m["mixed_steps"] / max(m["steps"], 1)
     for q in (50, 95, 99):  # the engine's own inter-token gaps, as it reads the tokens: the tail before delivery
         summary[f"engine_itl_p{q}_ms"] = m[f"itl_p{q}_ms"]
+    # the same streams' gaps inside the API processes: taken off the engine's pipe, and written to the socket
+    for at, name in ((TAKEN, "taken"), (WRITTEN, "written")):
+        for q in (50, 95, 99):
+            summary[f"{name}_itl_p{q}_ms"] = api_gaps[at, q]
     summary.update(_gpu_figures(m))
     release_memory(model.lm_head.weight.device)
     return summary
