@@ -294,6 +294,11 @@ def test_serving_bench_at_toy_scale_measures_every_policy(parts, tmp_path):
         assert r["mixed_step_ms"] > 0 and 0 < r["mixed_step_share"] <= 1 and r["decode_step_ms"] >= 0
         assert r["server_cpu_share"] > 0, r  # the HTTP side's CPU, wherever it runs
         assert r["gpu_busy_share"] is None and r["eager_steps"] is None  # the GPU's clock: on a GPU only
+        assert 0 < r["engine_host_ms"] <= r["engine_step_ms"], r
+        in_process = r["policy"] in ("continuous", "static", "fifo")
+        assert (r["loop_commands_ms"] is None) == in_process and (r["loop_fan_out_ms"] is None) == in_process, r
+        if not in_process:  # the engine process's loop: commands read and tokens handed out while it had work
+            assert r["loop_commands_ms"] > 0 and r["loop_fan_out_ms"] > 0, r
         for hop in ("taken", "written"):  # the streams' gaps inside the API process(es), wherever it runs
             assert 0 < r[f"{hop}_itl_p50_ms"] <= r[f"{hop}_itl_p99_ms"], r
     assert rows[-1]["load"].startswith("open") and rows[-1]["errors"] == 0

@@ -1,5 +1,6 @@
 """`mini-llm-server serve` (the HTTP service), `generate` (prompts through the engine), `load` (drive a server),
-`soak` (a bounded overload soak), `bench` (through the harness), `serving-bench` and `step-bench` (GPU)."""
+`soak` (a bounded overload soak), `bench` (through the harness), `serving-bench` and `step-bench` (GPU),
+`gc-bench` and `host-bench` (the serving processes' host: GC pauses, the engine's work per step)."""
 
 from __future__ import annotations
 
@@ -180,6 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("serving-bench", help="TTFT/ITL by policy and concurrency, then 2x overload (GPU)")
     sub.add_parser("step-bench", help="GPU time of a decode step and of steps carrying prompts, by size (GPU)")
     sub.add_parser("gc-bench", help="a full GC in the engine and API processes, before and after the freeze")
+    sub.add_parser("host-bench", help="the engine's host time per step at 32 and 128 sequences, forward stubbed")
     b = sub.add_parser("bench", help="the offline throughput benchmark (same as `mlsys bench mini-llm-server`)")
     b.add_argument("--scale", choices=("auto", "gpu", "cpu"), default="auto")
     b.add_argument("--tables", action="store_true")
@@ -194,10 +196,11 @@ def main(argv: list[str] | None = None) -> int:
         return _serving_bench(args)
     if args.command == "gc-bench":
         return _gc_bench(args)
-    if args.command == "step-bench":
+    if args.command in ("step-bench", "host-bench"):
+        from mini_llm_server.host_costs import main as host_bench
         from mini_llm_server.step_costs import main as step_bench
 
-        for path in step_bench():
+        for path in (step_bench if args.command == "step-bench" else host_bench)():
             print(f"wrote {path}")
         return 0
     if args.command == "bench":

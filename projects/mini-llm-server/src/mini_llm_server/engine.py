@@ -120,6 +120,7 @@ class LLMEngine:
         self.seconds_by_kind = {"decode": 0.0, "mixed": 0.0}
         self._unfinished_kinds: list[str] = []  # launched steps the host has not yet seen done, oldest first
         self._last_wait = 0.0
+        self.gpu_wait_seconds = 0.0  # the host waiting for an overlapped step's tokens: the rest of step() is work
         self.num_steps = self.tokens_computed = self.tokens_generated = 0
         self.itl_counts = [0] * ITL_BINS
         self.peak_blocks_used, self.kv_util_at_peak = 0, 0.0
@@ -262,7 +263,9 @@ class LLMEngine:
         if launched is None:
             return []
         if launched.ready is not None:
+            t0 = time.perf_counter()
             launched.ready.synchronize()
+            self.gpu_wait_seconds += time.perf_counter() - t0
         self._steps_done()
         outputs: list[RequestOutput] = []
         now = time.perf_counter()
@@ -363,6 +366,7 @@ class LLMEngine:
             **{f"{k}_seconds": v for k, v in self.step_seconds.items()},
             **{f"{k}_steps": v for k, v in self.steps_by_kind.items()},
             **{f"{k}_step_seconds": v for k, v in self.seconds_by_kind.items()},
+            "gpu_wait_seconds": self.gpu_wait_seconds,
             **{f"itl_p{q}_ms": histogram_percentile_ms(self.itl_counts, q) for q in (50, 95, 99)},
             **self._timeline_metrics(),
         }

@@ -27,6 +27,7 @@ import multiprocessing
 import signal
 import sys
 import threading
+import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from multiprocessing import connection
 from multiprocessing.connection import Connection
@@ -97,6 +98,9 @@ class _EngineLoop:
         self.owner: dict[int, tuple[int, int]] = {}  # the engine's id -> (client, id)
         state = _queue_state(self.engine)
         self.sent_state = dict.fromkeys(self.clients, state)
+        # the loop's time while there is work: its clients' commands, the engine's step (its wait for the GPU
+        # inside, as gpu_wait_seconds), and handing each client its tokens
+        self.loop_seconds = dict.fromkeys(("commands", "step", "fan_out"), 0.0)
         for c in range(len(conns)):
             self.send(c, ("ready", state))
 
@@ -137,14 +141,18 @@ class _EngineLoop:
                 del self.owner[eid]
                 engine.abort(eid)
         elif msg[0] == "metrics":  # and what this process keeps out of the collector's way (heap.py)
-            self.send(c, ("metrics", msg[1], {**engine.metrics(), "gc_frozen_objects": gc.get_freeze_count()}))
+            loop = {f"loop_{k}_seconds": v for k, v in self.loop_seconds.items()}
+            self.send(c, ("metrics", msg[1], {**engine.metrics(), **loop, "gc_frozen_objects": gc.get_freeze_count()}))
         elif msg[0] == "close":
             self.drop(c)
 
     # excerpt: fan-out
     def step(self) -> None:
+        t0 = time.perf_counter()
+        outputs = self.engine.step()
+        t1 = time.perf_counter()
         batches: dict[int, list] = {c: [] for c in self.clients}
-        for out in self.engine.step():
+        for out in outputs:
             key = self.owner.get(out.request_id)
             if key is None:  # aborted while the step ran
                 continue
@@ -158,13 +166,17 @@ class _EngineLoop:
             if batch or state != self.sent_state[c]:
                 self.sent_state[c] = state
                 self.send(c, ("outputs", batch, state))
+        self.loop_seconds["step"] += t1 - t0
+        self.loop_seconds["fan_out"] += time.perf_counter() - t1
 
     # end-excerpt
 
     def run(self) -> None:
         """Take every queued command, then step while there is work; end with the last client."""
         while self.clients:
-            wait = 0 if self.engine.has_unfinished() else None  # idle: block until a command comes
+            busy = self.engine.has_unfinished()
+            wait = 0 if busy else None  # idle: block until a command comes
+            t0 = time.perf_counter()
             while self.clients and (ready := connection.wait(list(self.clients.values()), wait)):
                 wait = 0
                 for conn in ready:
@@ -175,6 +187,8 @@ class _EngineLoop:
                         self.drop(c)
                     else:
                         self.command(c, msg)
+            if busy:  # an idle loop's blocking wait is not work
+                self.loop_seconds["commands"] += time.perf_counter() - t0
             if self.engine.has_unfinished():
                 self.step()
         self.engine.close()

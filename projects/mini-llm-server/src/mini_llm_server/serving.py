@@ -152,6 +152,12 @@ def _point(model: Transformer, tok: Tokenizer, engine_config: EngineConfig, load
     summary["preemptions"] = m["preemptions"]
     busy = sum(m[f"{k}_seconds"] for k in ("schedule", "prepare", "forward", "sample"))
     summary["engine_step_ms"] = 1e3 * busy / max(m["steps"], 1)  # the engine alone, without HTTP
+    # of that, the host's work (the rest is waiting for overlapped steps' tokens); in an engine process, its
+    # loop's time for its clients' commands and for handing out each step's tokens
+    summary["engine_host_ms"] = 1e3 * (busy - m["gpu_wait_seconds"]) / max(m["steps"], 1)
+    for k in ("commands", "fan_out"):
+        loop = m.get(f"loop_{k}_seconds")
+        summary[f"loop_{k}_ms"] = None if loop is None else 1e3 * loop / max(m["steps"], 1)
     for kind in ("decode", "mixed"):  # how long each kind of step takes, and how many steps carry prompts
         summary[f"{kind}_step_ms"] = 1e3 * m[f"{kind}_step_seconds"] / max(m[f"{kind}_steps"], 1)
     summary["mixed_step_share"] = m["mixed_steps"] / max(m["steps"], 1)

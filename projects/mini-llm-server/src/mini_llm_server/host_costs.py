@@ -1,0 +1,138 @@
+"""`mini-llm-server host-bench`: the engine's host work per step, with the GPU's work taken out.
+
+At 128 streams the GPU waits for the engine process before each step (serving-bench's GPU timeline): the
+host's per-step work, which grows with the running sequences (scheduling each, building the step's inputs,
+reading and appending its tokens, publishing full blocks to the prefix cache), outlasts the GPU's step.
+This runs the engine's own step, CUDA-graph input path included, on N running sequences in a closed loop
+(a finished request is replaced at once; prompt and output lengths drawn as serving-bench's are), with both
+graph paths' forward replaced by fixed logits, so what is timed is the host alone: mean ms per step, split
+as the engine splits it (schedule; prepare: the graph's inputs; forward: the stub and the argmax launch;
+sample: reading the last step's tokens and the books after), and per running sequence. The engine
+process's pipes (commands in, tokens out) are not in it.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from tinyllm.config import ModelConfig
+from tinyllm.model import Transformer
+from tinyllm.sampling import SamplingParams
+
+from mini_llm_server.config import EngineConfig
+from mini_llm_server.cuda_graphs import DecodeGraphs, MixedGraphs
+from mini_llm_server.engine import LLMEngine
+
+PHASES = ("schedule", "prepare", "forward", "sample")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HostCostConfig:
+    sequences: tuple[int, ...] = (32, 128)  # serving-bench's two loads that matter: the tail goal's, the top
+    max_num_batched_tokens: int = 256  # the engine's default
+    prompt_tokens: tuple[int, int] = (17, 375)  # serving-bench's prompts (16-256 words) in the small tokenizer
+    output_tokens: tuple[int, int] = (32, 256)
+    warmup_steps: int = 300  # past the first wave of prompts
+    steps: int = 1000
+    # the stub's logits: a small vocabulary keeps the host's argmax (on a GPU, the device's) out of the figures
+    vocab_size: int = 256
+    seed: int = 0
+
+
+def _engine(n: int, cfg: HostCostConfig) -> LLMEngine:
+    """An engine for n sequences whose decode and mixed steps go through the CUDA-graph classes' input path
+    (padded eagerly off a GPU, as the tests run them) into a forward that returns fixed logits."""
+    model = Transformer(
+        ModelConfig(
+            vocab_size=cfg.vocab_size,
+            dim=32,
+            n_layers=1,
+            n_heads=2,
+            n_kv_heads=1,
+            ffn_dim=64,
+            max_seq_len=cfg.prompt_tokens[1] + cfg.output_tokens[1] + 1,
+        )
+    ).eval()
+    blocks = n * -(-model.cfg.max_seq_len // 16) + 16  # every sequence at its longest: no preemption
+    config = EngineConfig(num_blocks=blocks, block_size=16, attention_backend="triton", max_num_seqs=n,
+                          max_num_batched_tokens=cfg.max_num_batched_tokens, min_admission=max(1, n // 8))  # fmt: skip
+    engine = LLMEngine(model, config)
+    runner = engine.runner
+    runner.decode_graphs = DecodeGraphs(runner, n)
+    runner.mixed_graphs = MixedGraphs(runner, cfg.max_num_batched_tokens, n)
+    for graphs in (runner.decode_graphs, runner.mixed_graphs):
+        logits = torch.zeros(max(graphs.sizes), cfg.vocab_size)
+        graphs._forward = lambda size, logits=logits: logits[:size]
+    return engine
+
+
+def _one_load(n: int, cfg: HostCostConfig) -> dict:
+    engine, rng = _engine(n, cfg), random.Random(cfg.seed)
+
+    def add() -> None:
+        prompt = [rng.randrange(cfg.vocab_size) for _ in range(rng.randint(*cfg.prompt_tokens))]
+        engine.add_request(prompt, SamplingParams(temperature=0.0, max_new_tokens=rng.randint(*cfg.output_tokens)))
+
+    def run(steps: int) -> None:
+        for _ in range(steps):
+            for out in engine.step():
+                if out.finished:
+                    add()
+
+    for _ in range(n):
+        add()
+    run(cfg.warmup_steps)
+    before, steps0, mixed0 = dict(engine.step_seconds), engine.num_steps, engine.steps_by_kind["mixed"]
+    t0 = time.perf_counter()
+    run(cfg.steps)
+    wall = time.perf_counter() - t0
+    steps = engine.num_steps - steps0
+    row = {"sequences": n, "steps": steps, "mixed_share": (engine.steps_by_kind["mixed"] - mixed0) / steps,
+           "host_ms_per_step": 1e3 * wall / steps}  # fmt: skip
+    for k in PHASES:
+        row[f"{k}_ms"] = 1e3 * (engine.step_seconds[k] - before[k]) / steps
+    row["us_per_sequence"] = 1e3 * row["host_ms_per_step"] / n
+    engine.close()
+    return row
+
+
+def measure(cfg: HostCostConfig) -> list[dict]:
+    return [_one_load(n, cfg) for n in cfg.sequences]
+
+
+def write_record(rows: list[dict], cfg: HostCostConfig, hardware: str, root: Path | None = None) -> Path:
+    from mlsys_bench.record import metric, param
+    from mlsys_bench.timing import TimingConfig
+
+    from mini_llm_server.load_record import service_context
+
+    ctx = service_context(hardware, root)
+    columns = [param("sequences", "running sequences, kept at that by replacing each finished request"),
+               metric("steps", "count", "steps timed"),
+               metric("mixed_share", "", "of them, steps that carry prompt tokens"),
+               metric("host_ms_per_step", "ms", "wall time per step, the forward stubbed out"),
+               *(metric(f"{k}_ms", "ms", f"the engine's {k!r} time per step") for k in PHASES),
+               metric("us_per_sequence", "us", "host time per step per running sequence")]  # fmt: skip
+    ctx.record(benchmark="host_costs", columns=columns, rows=rows, config=asdict(cfg),
+               timing=TimingConfig(warmup=cfg.warmup_steps, repeats=cfg.steps),
+               method="LLMEngine.step() timed with perf_counter over `steps` steps, the CUDA-graph input path on "
+               "the host and both graphs' forward replaced by fixed logits",
+               notes="Host work only: no GPU kernel, no engine-process pipe.")  # fmt: skip
+    return ctx.written[-1]
+
+
+def main() -> list:
+    """Measure, print, and write the record, labelled with this machine's GPU where it has one (the host
+    the engine process runs on) and its CPU otherwise."""
+    from mlsys_bench.environment import hardware_label
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    cfg = HostCostConfig()
+    rows = measure(cfg)
+    for r in rows:
+        print(f"  {r}", flush=True)
+    return [write_record(rows, cfg, hardware_label(device))]
