@@ -12,7 +12,10 @@ excess be refused with 429s. And the step token budget (the chunked-prefill chun
 concurrency, engine in its own process behind several API server processes: a small budget bounds how
 long a step that admits prompts stalls every stream's next token, a large one admits prompts in fewer
 steps; the budgets in top_step_tokens are measured at the highest concurrency too, where throughput is at
-stake.
+stake. Every point also records where a stream's gaps grow (as the engine reads each token, as its API
+process takes it off the pipe and writes it, as the client parses it) and the engine's host time per step;
+on a GPU, every engine keeps its steps on the GPU's clock (gpu_timeline.py): whether the GPU or the host
+sets the pace.
 
 Model: on a GPU the TinyLlama-1.1B shape with random weights (latency and throughput only, never quality)
 and the `small` preset's tokenizer and vocabulary (the tokenizer trained alone); on a CPU whatever model the
