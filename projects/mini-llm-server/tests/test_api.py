@@ -376,7 +376,7 @@ def test_metrics_count_every_streamed_token(parts):
         assert buckets == sorted(buckets) and samples[(name + "_sum", None)] > 0
     # the gaps inside the API process: one per token after each stream's first as it is taken; as written, one
     # per event after the first (a token whose text is not yet whole is written with the next)
-    taken, written = (sum(stats.totals()[at : at + ITL_BINS]) for at in (TAKEN, WRITTEN))
+    taken, written = (sum(stats.totals(at, at + ITL_BINS)) for at in (TAKEN, WRITTEN))
     assert taken == 33 and 0 < written <= 33
     for at in (TAKEN, WRITTEN):
         assert 0 < stats.gap_percentile_ms(at, 50) <= stats.gap_percentile_ms(at, 99)
