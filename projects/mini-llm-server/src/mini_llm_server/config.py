@@ -39,7 +39,7 @@ class EngineConfig:
     # step() call later; a step that samples otherwise is read at once.
     overlap_steps: bool = True
     # on CUDA: two events per step give each kind of step's GPU busy time and the GPU's idle time before it,
-    # waiting for the host (gpu_timeline.py; the gpu_* metrics); a few microseconds of host time per step
+    # waiting for the host (gpu_timeline.py; the gpu_* metrics), for two event records and a query per step
     gpu_timeline: bool = False
 
     def __post_init__(self) -> None:

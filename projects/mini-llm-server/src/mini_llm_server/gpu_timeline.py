@@ -10,7 +10,7 @@ chunk short of its end) has no end and breaks the chain, as does an engine with 
 step's idle time is then not known, and not counted. Steps are folded into the sums once their end has
 passed (`Event.query`), so the host never waits for them; a summary may wait.
 
-Cost: two event records per step and a query per step folded, a few microseconds of host time.
+Cost: two event records per step and a query for each step folded (host time, not measured apart).
 """
 
 from __future__ import annotations
