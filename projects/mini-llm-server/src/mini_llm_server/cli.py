@@ -196,11 +196,16 @@ def main(argv: list[str] | None = None) -> int:
         return _serving_bench(args)
     if args.command == "gc-bench":
         return _gc_bench(args)
-    if args.command in ("step-bench", "host-bench"):
-        from mini_llm_server.host_costs import main as host_bench
+    if args.command == "step-bench":
         from mini_llm_server.step_costs import main as step_bench
 
-        for path in (step_bench if args.command == "step-bench" else host_bench)():
+        for path in step_bench():
+            print(f"wrote {path}")
+        return 0
+    if args.command == "host-bench":
+        from mini_llm_server.host_costs import main as host_bench
+
+        for path in host_bench():
             print(f"wrote {path}")
         return 0
     if args.command == "bench":
