@@ -7,7 +7,7 @@ from mlsys_bench.record import read_record
 
 def test_host_bench_times_the_engines_steps_at_each_load(tmp_path):
     cfg = HostCostConfig(sequences=(4, 12), max_num_batched_tokens=32, prompt_tokens=(5, 40), output_tokens=(3, 20),
-                         warmup_steps=20, steps=60)  # fmt: skip
+                         warmup_steps=20, steps=20, repeats=3)  # fmt: skip
     rows = measure(cfg)
     assert [r["sequences"] for r in rows] == [4, 12]
     for r in rows:

@@ -150,7 +150,7 @@ def _run_varlen(q_lens, ctx_lens, H, K, D, block_size, dtype, seed, pad_tiles=0)
     k_cache, v_cache, tables = _scattered_cache(ctx_lens, K, D, block_size, g)
     q = torch.randn(sum(q_lens), H, D, generator=g)
     seqs, firsts = varlen_tiles(q_lens, tokens_per_tile(H, K))
-    seqs, firsts = seqs + [-1] * pad_tiles, firsts + [0] * pad_tiles  # a graph's grid: more programs than tiles
+    seqs, firsts = [*seqs, *[-1] * pad_tiles], [*firsts, *[0] * pad_tiles]  # a graph's grid: more programs than tiles
     starts = [sum(q_lens[:n]) for n in range(len(q_lens))]
     i32 = dict(dtype=torch.int32, device=DEVICE)
     got = paged_varlen_attention(

@@ -33,7 +33,10 @@ class AsyncEngine:
         return await asyncio.get_running_loop().run_in_executor(self._worker, lambda: fn(*args, **kwargs))
 
     def _step_if_busy(self) -> list[RequestOutput] | None:
-        return self.engine.step() if self.engine.has_unfinished() else None
+        if not self.engine.has_unfinished():
+            return None
+        # the streams read these while the next step runs, which appends to each sequence's output list
+        return [out._replace(output=list(out.output)) for out in self.engine.step()]
 
     async def _drive(self) -> None:
         while not self._closed:

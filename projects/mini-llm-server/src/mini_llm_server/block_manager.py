@@ -6,7 +6,8 @@ Blocks carry reference counts: with prefix caching, a full block is identified b
 chained with its predecessor's hash, and a new sequence whose prompt starts with the same tokens maps the
 same physical block instead of recomputing it. A block whose count drops to zero keeps its contents and
 hash (it is "evictable") until the allocator needs it back, least recently freed first. Writing into a
-block that another sequence also maps copies it first (copy-on-write).
+block that another sequence also maps copies it first (copy-on-write). A sequence's table list only grows in place;
+any other change (a copy, a free) puts a new list in its place, which block_tables.py relies on.
 
 The model runner owns the tensors; this module only decides indices, so it is tested on its own.
 """
@@ -69,10 +70,6 @@ class BlockManager:
             else:
                 self._free.append(block)
 
-    def blocks_needed(self, seq: Sequence, num_tokens: int) -> int:
-        """New blocks `seq` needs so that its first `num_tokens` tokens have slots."""
-        return max(0, -(-num_tokens // self.block_size) - len(seq.block_table))
-
     # excerpt: prefix-cache
     def admit(self, seq: Sequence) -> None:
         """Map the longest cached prefix of a waiting sequence's tokens into its (empty) block table, and set
@@ -107,20 +104,26 @@ class BlockManager:
         """Make slots for `seq`'s first `num_tokens` tokens, about to be written from position
         seq.num_computed on. Returns the (source, destination) block copies the runner must do before
         writing (copy-on-write of shared blocks), or None, changing nothing, if the pool is short."""
-        first_block = seq.num_computed // self.block_size
-        shared = [i for i in range(first_block, len(seq.block_table)) if self.ref_count[seq.block_table[i]] > 1]
-        if self.blocks_needed(seq, num_tokens) + len(shared) > self.num_free_blocks:
+        table, bs, ref = seq.block_table, self.block_size, self.ref_count  # every running sequence, every step
+        last = len(table) - 1
+        if seq.num_computed // bs == last and num_tokens <= len(table) * bs and ref[table[last]] == 1:
+            return []  # the usual decode step: it writes into its own last block, which has room
+        new = max(0, -(-num_tokens // bs) - len(table))
+        shared = [i for i in range(seq.num_computed // bs, len(table)) if ref[table[i]] > 1]
+        if new + len(shared) > self.num_free_blocks:
             return None
         copies = []
+        if shared:  # a table changes only by appends in place (block_tables.py): a copy makes it a new list
+            seq.block_table = table = list(table)
         for i in shared:
-            src = seq.block_table[i]
+            src = table[i]
             dst = self._take()
             self._release(src)
-            seq.block_table[i] = dst
+            table[i] = dst
             copies.append((src, dst))
             del self._seq_hashes[seq.seq_id][i:]  # the copy is private until committed again
-        for _ in range(self.blocks_needed(seq, num_tokens)):
-            seq.block_table.append(self._take())
+        for _ in range(new):
+            table.append(self._take())
         return copies
 
     def commit(self, seq: Sequence) -> None:

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from mini_llm_server.paged_attention import max_varlen_tiles, paged_decode_attention_rope, paged_varlen_attention
-from mini_llm_server.step_inputs import input_tokens, step_inputs
+from mini_llm_server.step_inputs import step_inputs
 
 if TYPE_CHECKING:
     from mini_llm_server.model_runner import ModelRunner
@@ -150,19 +150,13 @@ class DecodeGraphs:
         """Logits (B, vocab) of a decode-only batch. On a GPU this is a view of the graph's output buffer,
         valid until the next step."""
         t0 = time.perf_counter()
-        B, bs, scratch = len(batch), self.runner.block_size, self.runner.scratch_block
+        r, B = self.runner, len(batch)
         G = next(s for s in self.sizes if s >= B)
-        cols = []
-        for it in batch:
-            (token,), feed = input_tokens(it)
-            slot = it.seq.block_table[it.start // bs] * bs + it.start % bs
-            cols.append((token, feed, it.start, slot, it.start + 1))
-        cols += [(0, -1, 0, self.scratch_slot, 1)] * (G - B)  # padding: write and read the scratch block only
-        width = max(len(it.seq.block_table) for it in batch)
-        tables = [it.seq.block_table + [scratch] * (width - len(it.seq.block_table)) for it in batch]
+        inputs = step_inputs(batch, r.block_size, r.tokens_per_tile, r.block_tables)
         host = self.inputs.writable()
-        host["meta"][:, :G] = np.array(cols).T
-        host["tables"][:B, :width] = tables
+        host["meta"][:, :B] = inputs.tokens, inputs.feeds, inputs.positions, inputs.slots, inputs.ctx_lens
+        host["meta"][:, B:G] = [[0], [-1], [0], [self.scratch_slot], [1]]  # padding: the scratch block only
+        host["tables"][:B, : inputs.tables.shape[1]] = inputs.tables
         if self.runner.timeline is not None:
             self.runner.timeline.start("decode")
         self.inputs.upload()
@@ -219,16 +213,16 @@ class MixedGraphs:
         """Logits (sampling sequences, vocab) of a step with prompt chunks; on a GPU a view of the graph's
         output buffer, valid until the next step."""
         t0 = time.perf_counter()
-        inputs = step_inputs(batch, self.runner.block_size, self.per_tile)
+        inputs = step_inputs(batch, self.runner.block_size, self.per_tile, self.runner.block_tables)
         n = len(inputs.tokens)
         N = next(s for s in self.sizes if s >= n)
         S, T = self._limits(N)
-        host, B, width, tiles = self.inputs.writable(), len(batch), len(inputs.tables[0]), len(inputs.tile_seqs)
-        host["meta"][:, :n] = [inputs.tokens, inputs.feeds, inputs.positions, inputs.slots]
+        host, B, width, tiles = self.inputs.writable(), len(batch), inputs.tables.shape[1], len(inputs.tile_seqs)
+        host["meta"][:, :n] = inputs.tokens, inputs.feeds, inputs.positions, inputs.slots
         host["meta"][:, n:N] = [[0], [-1], [0], [self.scratch_slot]]  # padding: write the scratch block, in no tile
-        host["seq_meta"][:, :B] = [inputs.q_starts, inputs.q_lens, inputs.ctx_lens]
+        host["seq_meta"][:, :B] = inputs.q_starts, inputs.q_lens, inputs.ctx_lens
         host["tables"][:B, :width] = inputs.tables
-        host["tiles"][:, :tiles] = [inputs.tile_seqs, inputs.tile_firsts]
+        host["tiles"][:, :tiles] = inputs.tile_seqs, inputs.tile_firsts
         host["tiles"][0, tiles:T] = -1
         # every row of ends is read: stale rows from a larger step could point past this step's tokens
         host["ends"][: len(inputs.ends)] = inputs.ends

@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 from collections.abc import Sequence as Seq
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from tinyllm.model import Transformer
@@ -59,11 +60,13 @@ class InFlight:
     ready: torch.cuda.Event | None  # None: already there (off a GPU)
 
 
-@dataclass(frozen=True, slots=True)
-class RequestOutput:
+class RequestOutput(NamedTuple):  # not a frozen dataclass: its __init__ costs 3x, for each sequence every step
     request_id: int
     new_tokens: list[int]  # sampled this step
-    output: list[int]  # every token generated so far
+    # every token generated so far: the sequence's own list, not a copy (a copy per token per step was a
+    # tenth of the host's step at 128 streams), so later steps append to it; one that keeps an output past the
+    # next step copies it (AsyncEngine), one that sends only new_tokens does not (the engine process)
+    output: list[int]
     finished: bool
     finish_reason: str | None  # "stop", "length", "context", "abort", "timeout"
 
@@ -181,6 +184,8 @@ class LLMEngine:
 
     def _finish(self, seq: Sequence, reason: str) -> None:
         self.scheduler.remove(seq)
+        if self.runner is not None:
+            self.runner.block_tables.release(seq)
         seq.status, seq.finish_reason = Status.FINISHED, reason
         self.seqs.pop(seq.seq_id, None)
 
@@ -203,6 +208,8 @@ class LLMEngine:
         for seq in schedule.timed_out:
             self._finish(seq, "timeout")
             outputs.append(RequestOutput(seq.seq_id, [], list(seq.output), True, "timeout"))
+        for seq in schedule.preempted:  # back in the queue without blocks
+            self.runner.block_tables.release(seq)
         t1 = time.perf_counter()
         if not schedule.seqs:
             if self.runner.timeline is not None:
@@ -296,7 +303,7 @@ class LLMEngine:
         reason = self._stop_reason(seq, token)
         if reason:
             self._finish(seq, reason)
-        outputs.append(RequestOutput(seq.seq_id, [token], list(seq.output), reason is not None, reason))
+        outputs.append(RequestOutput(seq.seq_id, [token], seq.output, reason is not None, reason))
 
     @staticmethod
     def _sample(logits: torch.Tensor, seqs: list[Sequence]) -> list[int]:

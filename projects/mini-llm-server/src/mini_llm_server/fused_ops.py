@@ -72,7 +72,7 @@ def embed(
     tokens: torch.Tensor, feeds: torch.Tensor | None, sampled: torch.Tensor, weight: torch.Tensor, use_triton: bool
 ) -> torch.Tensor:
     """Embedding rows (N, C) of the step's tokens; a token whose feeds entry is r >= 0 is sampled[r] instead
-    (the runner's input_tokens: a token still on the device). One kernel, instead of the selection's four."""
+    (step_inputs.py: a token still on the device). One kernel, instead of the selection's four."""
     if not use_triton or feeds is None:
         if feeds is not None:
             tokens = torch.where(feeds >= 0, sampled[feeds.clamp(min=0)], tokens)

@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import time
 
+import numpy as np
 import torch
 from tinyllm.model import Transformer, sdpa_attention
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from mini_llm_server.block_tables import BlockTables
 from mini_llm_server.cuda_graphs import DecodeGraphs, MixedGraphs
 from mini_llm_server.fused_ops import add_rmsnorm, embed, rope_and_cache
 from mini_llm_server.gemv import project, project_swiglu
@@ -68,6 +70,7 @@ class ModelRunner:
         self.scratch_block = num_blocks
         self.device = p.device
         self.max_blocks_per_seq = -(-cfg.max_seq_len // block_size)
+        self.block_tables = BlockTables(max_seqs, self.max_blocks_per_seq, self.scratch_block)  # the engine releases
         # one matmul for Q/K/V and one for gate/up per layer (copies of the model's weights, made once)
         self.qkv_weight = [torch.cat([lay.self_attn.q_proj.weight, lay.self_attn.k_proj.weight,
                                       lay.self_attn.v_proj.weight]) for lay in model.layers]  # fmt: skip
@@ -127,16 +130,16 @@ class ModelRunner:
         if self.mixed_graphs is not None and self.mixed_graphs.fits(batch):
             return self.mixed_graphs.run(batch)
         t0 = time.perf_counter()
-        inputs = step_inputs(batch, self.block_size, self.tokens_per_tile)
+        inputs = step_inputs(batch, self.block_size, self.tokens_per_tile, self.block_tables)
         if self.timeline is not None:  # launched kernel by kernel: its busy time includes the launches' gaps
             self.timeline.start("eager")
         tokens, positions, slots, ends = (self._to_device(v) for v in (inputs.tokens, inputs.positions,
                                                                        inputs.slots, inputs.ends))  # fmt: skip
-        feeds = self._to_device(inputs.feeds) if any(f >= 0 for f in inputs.feeds) else None
+        feeds = self._to_device(inputs.feeds) if (inputs.feeds >= 0).any() else None
         if self.paged_kernel:
             i32 = torch.int32
             meta = [self._to_device(v, i32) for v in (inputs.q_starts, inputs.q_lens, inputs.ctx_lens)]
-            tables = self._to_device([b for t in inputs.tables for b in t], i32).view(len(batch), -1)
+            tables = self._to_device(inputs.tables, i32)
             tiles = [self._to_device(v, i32) for v in (inputs.tile_seqs, inputs.tile_firsts)]
             scale = self.model.cfg.hd**-0.5
 
@@ -189,10 +192,10 @@ class ModelRunner:
 
     # end-excerpt
 
-    def _to_device(self, values: list[int], dtype: torch.dtype = torch.long) -> torch.Tensor:
+    def _to_device(self, values: np.ndarray | list[int], dtype: torch.dtype = torch.long) -> torch.Tensor:
         # non_blocking: a blocking host-to-device copy synchronises the stream, so the host would wait for
         # the GPU to drain before it could queue anything more
-        return torch.tensor(values, dtype=dtype).to(self.device, non_blocking=True)
+        return torch.as_tensor(values, dtype=dtype).to(self.device, non_blocking=True)
 
     def _slots(self, item: ScheduledSeq, first: int) -> list[int]:
         """Cache slots of positions first .. start + num_tokens - 1 of a scheduled sequence."""

@@ -25,6 +25,7 @@ captured in a CUDA graph (cuda_graphs.py).
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import triton
 import triton.language as tl
@@ -279,14 +280,12 @@ def tokens_per_tile(num_heads: int, num_kv_heads: int) -> int:
     return max(1, VARLEN_ROWS // group_pad(num_heads, num_kv_heads))
 
 
-def varlen_tiles(q_lens: list[int], per_tile: int) -> tuple[list[int], list[int]]:
-    """The varlen kernel's tile table: for each tile, its sequence's index and its first new token."""
-    seqs, firsts = [], []
-    for n, q_len in enumerate(q_lens):
-        for first in range(0, q_len, per_tile):
-            seqs.append(n)
-            firsts.append(first)
-    return seqs, firsts
+def varlen_tiles(q_lens, per_tile: int) -> tuple[np.ndarray, np.ndarray]:
+    """The varlen kernel's tile table: for each tile, its sequence's index and its first new token (in arrays:
+    the engine builds it every step)."""
+    counts = -(-np.asarray(q_lens, dtype=np.int64) // per_tile)
+    seqs = np.repeat(np.arange(len(counts)), counts)
+    return seqs, (np.arange(len(seqs)) - (np.cumsum(counts) - counts)[seqs]) * per_tile
 
 
 def max_varlen_tiles(num_tokens: int, num_seqs: int, per_tile: int) -> int:

@@ -14,22 +14,18 @@ anything else, "fifo" runs one request at a time.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from mini_llm_server.block_manager import BlockManager
 from mini_llm_server.config import EngineConfig
 from mini_llm_server.sequence import Sequence, Status
 
 
-@dataclass(frozen=True, slots=True)
-class ScheduledSeq:
+class ScheduledSeq(NamedTuple):  # not a frozen dataclass: its __init__ costs 3x, for each sequence every step
     seq: Sequence
     start: int  # first position computed this step
     num_tokens: int  # positions start .. start + num_tokens - 1
-
-    @property
-    def samples(self) -> bool:
-        """Whether this step reaches the sequence's newest token, so its logits yield a new token."""
-        return self.start + self.num_tokens == self.seq.num_tokens
+    samples: bool  # whether this step reaches the sequence's newest token, so its logits yield a new token
 
 
 @dataclass(slots=True)
@@ -87,7 +83,8 @@ class Scheduler:
         i = 0
         while i < len(self.running) and budget > 0:
             seq = self.running[i]
-            n = min(seq.num_tokens - seq.num_computed, budget)
+            total = seq.num_tokens
+            n = min(total - seq.num_computed, budget)
             copies = self.blocks.reserve(seq, seq.num_computed + n)
             while copies is None and self.running[-1] is not seq:
                 self._preempt(self.running[-1], schedule)
@@ -96,7 +93,7 @@ class Scheduler:
                 self._preempt(seq, schedule)
                 continue
             schedule.copies += copies
-            schedule.seqs.append(ScheduledSeq(seq, seq.num_computed, n))
+            schedule.seqs.append(ScheduledSeq(seq, seq.num_computed, n, seq.num_computed + n == total))
             budget -= n
             i += 1
         # 2. waiting sequences, while budget, batch slots and blocks last
@@ -114,7 +111,8 @@ class Scheduler:
         while self.waiting and (budget > 0 or static) and len(self.running) < limit and not schedule.preempted:
             seq = self.waiting[0]
             self.blocks.admit(seq)
-            n = min(seq.num_tokens - seq.num_computed, budget)
+            total = seq.num_tokens
+            n = min(total - seq.num_computed, budget)
             copies = self.blocks.reserve(seq, seq.num_computed + n)
             if copies is None:
                 self.blocks.free(seq)
@@ -125,7 +123,7 @@ class Scheduler:
             self.running.append(seq)
             schedule.copies += copies
             if n:
-                schedule.seqs.append(ScheduledSeq(seq, seq.num_computed, n))
+                schedule.seqs.append(ScheduledSeq(seq, seq.num_computed, n, seq.num_computed + n == total))
             budget -= n
         return schedule
 
