@@ -1,21 +1,27 @@
 """`mini-llm-server host-bench`: the engine's host work per step, with the GPU's work taken out.
 
-At 128 streams the GPU waits for the engine process before each step (serving-bench's GPU timeline): the
-host's per-step work, which grows with the running sequences (scheduling each, building the step's inputs,
-reading and appending its tokens, publishing full blocks to the prefix cache), outlasts the GPU's step.
-This runs the engine's own step, CUDA-graph input path included, on N running sequences in a closed loop
-(a finished request is replaced at once; prompt and output lengths drawn as serving-bench's are), with both
+The engine process's host work per step grows with the running sequences (scheduling each, building the
+step's inputs, reading and appending its tokens, publishing full blocks to the prefix cache); once it
+outlasts the GPU's step, the GPU waits for it (at 128 streams it did: serving-bench's GPU timeline). This
+runs the engine's own step, CUDA-graph input path included, on N running sequences in a closed loop (a
+finished request is replaced at once; prompt and output lengths drawn as serving-bench's are), with both
 graph paths' forward replaced by fixed logits, so what is timed is the host alone: ms per step in
 LLMEngine.step(), split as the engine splits it (schedule; prepare: the graph's inputs; forward: the stub and
 the argmax launch; sample: reading the last step's tokens and the books after), and per running sequence,
-in the median of several segments of steps. Not in it: the engine process's pipes (commands in, tokens out),
-and adding requests (serving-bench counts both as the engine loop's commands and fan-out).
+in the median of several segments of steps. Each load runs alone, then with the machine's other cores kept
+busy by spinning processes, as serving keeps them with its API and client processes (a core's SMT sibling,
+the shared caches and memory bandwidth slow Python down). Not in it: the engine process's pipes (commands
+in, tokens out), and adding requests (serving-bench counts both as the engine loop's commands and fan-out).
 """
 
 from __future__ import annotations
 
+import contextlib
+import multiprocessing
+import os
 import random
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -43,6 +49,30 @@ class HostCostConfig:
     # the stub's logits: a small vocabulary keeps the host's argmax (on a GPU, the device's) out of the figures
     vocab_size: int = 256
     seed: int = 0
+    # each load again with this many of the machine's other cores kept busy by spinning processes (None: all but
+    # one): serving, the engine process shares the machine with its API processes and the load's clients
+    busy_cores: tuple[int | None, ...] = (0, None)
+
+
+def _spin(stop) -> None:
+    while not stop.is_set():
+        sum(range(1000))
+
+
+@contextlib.contextmanager
+def _busy(cores: int) -> Iterator[None]:
+    """`cores` processes spinning in Python until the block ends (forked: nothing to import)."""
+    mp = multiprocessing.get_context("fork")
+    stop = mp.Event()
+    spinners = [mp.Process(target=_spin, args=(stop,), daemon=True) for _ in range(cores)]
+    for p in spinners:
+        p.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        for p in spinners:
+            p.join()
 
 
 def _engine(n: int, cfg: HostCostConfig) -> LLMEngine:
@@ -113,7 +143,13 @@ def _one_load(n: int, cfg: HostCostConfig) -> dict:
 
 
 def measure(cfg: HostCostConfig) -> list[dict]:
-    return [_one_load(n, cfg) for n in cfg.sequences]
+    rows = []
+    for n in cfg.sequences:
+        for busy in cfg.busy_cores:
+            cores = max(0, (os.cpu_count() or 1) - 1) if busy is None else busy
+            with _busy(cores):
+                rows.append({"busy_cores": cores, **_one_load(n, cfg)})
+    return rows
 
 
 def write_record(rows: list[dict], cfg: HostCostConfig, hardware: str, root: Path | None = None) -> Path:
@@ -123,7 +159,8 @@ def write_record(rows: list[dict], cfg: HostCostConfig, hardware: str, root: Pat
     from mini_llm_server.load_record import service_context
 
     ctx = service_context(hardware, root)
-    columns = [param("sequences", "running sequences, kept at that by replacing each finished request"),
+    columns = [param("busy_cores", "other cores kept busy by processes spinning meanwhile"),
+               param("sequences", "running sequences, kept at that by replacing each finished request"),
                metric("steps", "count", "steps timed, in `repeats` segments"),
                metric("mixed_share", "", "of them, steps that carry prompt tokens"),
                metric("host_ms_per_step", "ms", "time in LLMEngine.step() per step, the forward stubbed out"),
