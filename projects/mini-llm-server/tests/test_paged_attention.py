@@ -10,8 +10,8 @@ from mini_llm_server.paged_attention import (
     paged_decode_attention_rope,
     paged_varlen_attention,
     tokens_per_tile,
-    varlen_tiles,
 )
+from mini_llm_server.step_inputs import varlen_tiles
 from tinyllm.model import sdpa_attention
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"

@@ -60,12 +60,12 @@ class InFlight:
     ready: torch.cuda.Event | None  # None: already there (off a GPU)
 
 
-class RequestOutput(NamedTuple):  # not a frozen dataclass: its __init__ costs 3x, for each sequence every step
+class RequestOutput(NamedTuple):  # not a frozen dataclass: its __init__ costs twice as much, per sequence per step
     request_id: int
     new_tokens: list[int]  # sampled this step
-    # every token generated so far: the sequence's own list, not a copy (a copy per token per step was a
-    # tenth of the host's step at 128 streams), so later steps append to it; one that keeps an output past the
-    # next step copies it (AsyncEngine), one that sends only new_tokens does not (the engine process)
+    # every token generated so far: the sequence's own list, not a copy (a copy, per sequence per step, grows
+    # with the output), so later steps append to it; one that keeps an output past the next step copies it
+    # (AsyncEngine), one that sends only new_tokens does not (the engine process)
     output: list[int]
     finished: bool
     finish_reason: str | None  # "stop", "length", "context", "abort", "timeout"

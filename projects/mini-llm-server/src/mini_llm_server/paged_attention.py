@@ -25,7 +25,6 @@ captured in a CUDA graph (cuda_graphs.py).
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 import triton
 import triton.language as tl
@@ -280,14 +279,6 @@ def tokens_per_tile(num_heads: int, num_kv_heads: int) -> int:
     return max(1, VARLEN_ROWS // group_pad(num_heads, num_kv_heads))
 
 
-def varlen_tiles(q_lens, per_tile: int) -> tuple[np.ndarray, np.ndarray]:
-    """The varlen kernel's tile table: for each tile, its sequence's index and its first new token (in arrays:
-    the engine builds it every step)."""
-    counts = -(-np.asarray(q_lens, dtype=np.int64) // per_tile)
-    seqs = np.repeat(np.arange(len(counts)), counts)
-    return seqs, (np.arange(len(seqs)) - (np.cumsum(counts) - counts)[seqs]) * per_tile
-
-
 def max_varlen_tiles(num_tokens: int, num_seqs: int, per_tile: int) -> int:
     """An upper bound on the tiles of any step of at most num_tokens tokens over at most num_seqs sequences."""
     return num_tokens // per_tile + min(num_seqs, num_tokens)
@@ -308,7 +299,7 @@ def paged_varlen_attention(
     """q (N, H, D): a step's new tokens, packed; sequence n's are rows q_starts[n] .. + q_lens[n], its
     last q_lens[n] of ctx_lens[n] positions, with K/V of all ctx_lens[n] already in the cache. k_cache,
     v_cache (num_blocks, block_size, K, D); block_tables (S, max_blocks) int32; q_starts, q_lens, ctx_lens
-    (S,) int32; tile_seqs, tile_firsts (T,) int32 from varlen_tiles, tile_seqs -1 past the last tile (the
+    (S,) int32; tile_seqs, tile_firsts (T,) int32 from step_inputs.varlen_tiles, tile_seqs -1 past the last tile (the
     grid is T programs per KV head). Rows no tile covers (a CUDA graph's padding) are zero, so no garbage
     flows through the rest of their layer. Returns (N, H, D) in q's dtype."""
     N, H, D, K, block_size = _check_shapes(q, k_cache, v_cache)

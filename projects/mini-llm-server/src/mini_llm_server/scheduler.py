@@ -21,7 +21,7 @@ from mini_llm_server.config import EngineConfig
 from mini_llm_server.sequence import Sequence, Status
 
 
-class ScheduledSeq(NamedTuple):  # not a frozen dataclass: its __init__ costs 3x, for each sequence every step
+class ScheduledSeq(NamedTuple):  # not a frozen dataclass: its __init__ costs twice as much, per sequence per step
     seq: Sequence
     start: int  # first position computed this step
     num_tokens: int  # positions start .. start + num_tokens - 1

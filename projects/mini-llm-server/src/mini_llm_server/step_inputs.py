@@ -16,7 +16,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from mini_llm_server.block_tables import BlockTables
-from mini_llm_server.paged_attention import varlen_tiles
 from mini_llm_server.scheduler import ScheduledSeq
 
 
@@ -39,6 +38,13 @@ def _ragged_offsets(lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """For segments of these lengths laid end to end: each element's segment, and its index inside it."""
     owner = np.repeat(np.arange(len(lengths)), lengths)
     return owner, np.arange(len(owner)) - (np.cumsum(lengths) - lengths)[owner]
+
+
+def varlen_tiles(q_lens, per_tile: int) -> tuple[np.ndarray, np.ndarray]:
+    """The varlen kernel's tile table (paged_attention.py): for each tile, its sequence's index and its first
+    new token."""
+    seqs, index = _ragged_offsets(-(-np.asarray(q_lens, dtype=np.int64) // per_tile))
+    return seqs, index * per_tile
 
 
 def step_inputs(batch: list[ScheduledSeq], block_size: int, per_tile: int, block_tables: BlockTables) -> StepInputs:
