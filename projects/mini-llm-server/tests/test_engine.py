@@ -137,6 +137,32 @@ def test_preemption_under_a_small_pool_stays_identical(model, backend):
     assert engine.generate(prompts, GREEDY) == _alone(model, prompts)
     assert engine.metrics()["preemptions"] > 0
     engine.blocks.check_invariants([])
+    assert engine.runner.block_tables.num_held == 0  # every finished or preempted sequence gave its row back
+
+
+def test_block_table_rows_are_reused_across_many_sequences(model):
+    """Two rows, a small pool: once a sequence is preempted, more important requests arrive and run while it
+    waits. A row not given back on finishing or preemption would leave one of them without."""
+    g = torch.Generator().manual_seed(5)
+    prompts = [torch.randint(0, 128, (36,), generator=g).tolist() for _ in range(2)] + _prompts(4, seed=3)
+    # 16 blocks of 4: the first two requests (48 tokens each at the end) cannot both finish without a preemption
+    config = EngineConfig(num_blocks=16, block_size=4, max_num_seqs=2, max_num_batched_tokens=64)
+    engine = LLMEngine(model, config)
+    ids = [engine.add_request(p, GREEDY, priority=5) for p in prompts[:2]]
+    outs: dict[int, list[int]] = {}
+
+    def step() -> None:
+        for o in engine.step():
+            outs.setdefault(o.request_id, []).extend(o.new_tokens)
+
+    while engine.metrics()["preemptions"] == 0 and engine.has_unfinished():
+        step()
+    assert engine.metrics()["preemptions"] > 0
+    ids += [engine.add_request(p, GREEDY, priority=0) for p in prompts[2:]]
+    while engine.has_unfinished():
+        step()
+    assert [outs[i] for i in ids] == _alone(model, prompts)
+    assert engine.runner.block_tables.num_held == 0
 
 
 def test_seeded_sampling_is_reproducible_under_batching(model):
@@ -206,6 +232,7 @@ def test_abort_frees_blocks_at_once(model):
     assert not engine.abort(ids[0])  # already finished
     assert engine.metrics()["kv_blocks_used"] == 0 and not engine.has_unfinished()
     engine.blocks.check_invariants([])
+    assert engine.runner.block_tables.num_held == 0
 
 
 def test_deadline_ends_a_request(model):
@@ -216,7 +243,7 @@ def test_deadline_ends_a_request(model):
     now[0] = 6.0
     outs = engine.step()
     assert [(o.request_id, o.finish_reason) for o in outs] == [(rid, "timeout")]
-    assert engine.metrics()["kv_blocks_used"] == 0
+    assert engine.metrics()["kv_blocks_used"] == 0 and engine.runner.block_tables.num_held == 0
 
 
 def test_priorities_order_admission(model):
@@ -290,6 +317,7 @@ def test_overlap_keeps_greedy_and_sampled_requests_exact(model, backend):
         results.append([outs.get(i, []) for i in ids])
         assert engine.metrics()["preemptions"] > 0 and engine.metrics()["kv_blocks_used"] == 0
         engine.blocks.check_invariants([])
+        assert engine.runner.block_tables.num_held == 0
     overlapped, plain = results
     assert overlapped[:7] == plain[:7]
     for i in (0, 1):

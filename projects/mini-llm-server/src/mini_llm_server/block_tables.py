@@ -32,7 +32,7 @@ class BlockTables:
         if row is None:
             if not self._free:
                 raise RuntimeError(f"block tables: all {len(self._mirrored)} rows are held; sequence "
-                                   f"{seq.seq_id} needs one (a finished sequence was not released)")  # fmt: skip
+                                   f"{seq.seq_id} needs one (a finished or preempted sequence was not released)")  # fmt: skip
             row = self._row_of[seq.seq_id] = self._free.pop()
             self._mirrored[row] = None
         table, have = seq.block_table, self._lengths[row]
