@@ -31,8 +31,8 @@ class BlockTables:
         row = self._row_of.get(seq.seq_id)
         if row is None:
             if not self._free:
-                raise RuntimeError(f"block tables: all {len(self._mirrored)} rows are held; sequence "
-                                   f"{seq.seq_id} needs one (a finished or preempted sequence was not released)")  # fmt: skip
+                raise RuntimeError(f"block tables: all {len(self._mirrored)} rows are held; sequence {seq.seq_id} "
+                                   "needs one (a finished or preempted sequence was not released)")  # fmt: skip
             row = self._row_of[seq.seq_id] = self._free.pop()
             self._mirrored[row] = None
         table, have = seq.block_table, self._lengths[row]
