@@ -33,8 +33,7 @@ class BlockTables:
             if not self._free:
                 raise RuntimeError(f"block tables: all {len(self._mirrored)} rows are held; sequence {seq.seq_id} "
                                    "needs one (a finished or preempted sequence was not released)")  # fmt: skip
-            row = self._row_of[seq.seq_id] = self._free.pop()
-            self._mirrored[row] = None
+            row = self._row_of[seq.seq_id] = self._free.pop()  # a free row mirrors nothing (release)
         table, have = seq.block_table, self._lengths[row]
         if table is not self._mirrored[row]:
             self.array[row, : len(table)] = table
