@@ -1,6 +1,7 @@
 """Split-K matrix-vector products for small decode batches (Triton): x @ W.T for at most MAX_ROWS rows of x
 against an nn.Linear weight W (N, K), returned as SPLITS partial sums (SPLITS, M, N) in fp32 that the next
-fused kernel adds up (fused_ops.py: the consumers take either a finished activation or partials).
+fused kernel adds up (fused_ops.py: the consumers take either a finished activation or partials). The rows
+are one tensor-core tile of 16, 32 or 64 (the smallest that holds them), so the weight is read once.
 
 At batch 1 a decode step's time is reading the weights once. A TinyLlama layer's O and down projections have
 only N / BLOCK_N = 64 column blocks, fewer programs than the H100 has SMs, and each program streams its rows of
@@ -13,6 +14,10 @@ The gate/up projection needs no split (its 2 x 5632 columns are 352 programs), s
 MLP's activation itself: the runner's fused gate/up weight interleaves the two (gate j in row 2j, up j in
 row 2j + 1), each program's block of columns holds whole (gate, up) pairs, and the epilogue writes
 silu(gate) * up, rounded as fused_ops.silu_mul rounds it. That is one kernel fewer per layer.
+
+Up to 64 rows the weight's bytes still set the floor, not the FLOPs: each bf16 weight (2 bytes) is used
+in 64 multiply-adds, 64 FLOPs per byte, where the H200 needs about 200 (989 TFLOP/s over 4.8 TB/s) to be
+compute-bound. So the split still pays at 32 and 64 rows, the decode batches of 17 to 64 streams.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ import triton.language as tl
 
 from mini_llm_server.fused_ops import silu_mul, swiglu
 
-MAX_ROWS = 16  # rows of x the kernel takes: one tensor-core tile
+MAX_ROWS = 64  # rows of x the kernel takes: one tensor-core tile of 16, 32 or 64 rows
 BLOCK_N, BLOCK_K = 32, 128
 PROGRAMS_PER_SM = 2  # split K until the launch has about this many programs per SM
 MAX_SPLITS = 8
@@ -56,6 +61,11 @@ def _gemv_partials_kernel(X, W, P, M, N, K, K_PER, stride_xm, stride_wn, stride_
     else:
         tl.store(P + split * stride_ps + rm[:, None] * stride_pm + rn[None, :], acc,
                  mask=(rm[:, None] < M) & (rn[None, :] < N))  # fmt: skip
+
+
+def _block_m(M: int) -> int:
+    """The tile's rows: the smallest of 16, 32, 64 that holds M."""
+    return max(16, triton.next_power_of_2(M))
 
 
 @functools.cache
@@ -91,7 +101,7 @@ def gemv_partials(x: torch.Tensor, weight: torch.Tensor, splits: int | None = No
     partials = torch.empty(splits, M, N, device=x.device, dtype=torch.float32)
     _gemv_partials_kernel[(triton.cdiv(N, BLOCK_N), splits)](
         x, weight, partials, M, N, K, k_per, x.stride(0), weight.stride(0), partials.stride(0), partials.stride(1),
-        BLOCK_M=16, BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K, SWIGLU=False, num_warps=4, num_stages=4)  # fmt: skip
+        BLOCK_M=_block_m(M), BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K, SWIGLU=False, num_warps=4, num_stages=4)  # fmt: skip
     return partials
 
 
@@ -103,7 +113,7 @@ def gemv_swiglu(x: torch.Tensor, gate_up: torch.Tensor) -> torch.Tensor:
     act = torch.empty(M, N // 2, device=x.device, dtype=x.dtype)
     _gemv_partials_kernel[(triton.cdiv(N, BLOCK_N), 1)](
         x, gate_up, act, M, N, K, K, x.stride(0), gate_up.stride(0), 0, act.stride(0),
-        BLOCK_M=16, BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K, SWIGLU=True, num_warps=4, num_stages=4)  # fmt: skip
+        BLOCK_M=_block_m(M), BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K, SWIGLU=True, num_warps=4, num_stages=4)  # fmt: skip
     return act
 
 
