@@ -7,7 +7,7 @@ from mini_llm_server.gemv import MAX_ROWS, gemv_partials, gemv_swiglu, num_split
 
 
 @pytest.mark.parametrize("M, N, K, splits", [(1, 48, 300, None), (3, 70, 256, 2), (16, 64, 512, 4), (5, 33, 130, 1),
-                                              (17, 40, 256, 2), (32, 64, 130, None), (50, 36, 384, 3), (64, 32, 256, 1)])
+                                              (17, 40, 256, 2), (32, 64, 130, None), (24, 36, 384, 3), (32, 32, 256, 1)])
 def test_partials_sum_to_the_product(M, N, K, splits):
     g = torch.Generator().manual_seed(M * 100 + N + K)
     x, w = torch.randn(M, K, generator=g).half(), torch.randn(N, K, generator=g).half()
@@ -26,7 +26,7 @@ def test_splits_fill_the_gpu_but_keep_a_tile_each():
 
 
 def test_gemv_rejects_what_it_cannot_take():
-    with pytest.raises(ValueError, match="up to 64 rows"):
+    with pytest.raises(ValueError, match="up to 32 rows"):
         gemv_partials(torch.randn(MAX_ROWS + 1, 8).half(), torch.randn(4, 8).half())
     with pytest.raises(ValueError, match="its dtype"):
         gemv_partials(torch.randn(2, 8).half(), torch.randn(4, 8))
@@ -59,7 +59,7 @@ def test_consumers_sum_partials_like_a_finished_projection(dtype, atol):
         torch.testing.assert_close(a, b, atol=atol, rtol=atol, equal_nan=True)
 
 
-@pytest.mark.parametrize("M, F", [(1, 48), (5, 80), (16, 64), (33, 48), (64, 16)])
+@pytest.mark.parametrize("M, F", [(1, 48), (5, 80), (16, 64), (32, 48), (25, 16)])
 def test_swiglu_epilogue_matches_projection_then_silu_mul(M, F):
     """The gate/up GEMV that writes silu(gate) * up itself, against the finished projection fed to silu_mul
     (the same rounding steps: only the sum order of the dot products differs)."""
