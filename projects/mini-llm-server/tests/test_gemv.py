@@ -5,11 +5,11 @@ import torch
 from mini_llm_server.fused_ops import add_rmsnorm, finished, rope_and_cache, silu_mul
 from mini_llm_server.gemv import MAX_ROWS, gemv_partials, gemv_swiglu, num_splits, project_swiglu
 
-ROW_CASES = [(1, 48, 300, None), (3, 70, 256, 2), (16, 64, 512, 4), (5, 33, 130, 1),  # a 16-row tile
-             (17, 40, 256, 2), (32, 64, 130, None), (24, 36, 384, 3), (32, 32, 256, 1)]  # a 32-row tile
+TILE_16 = [(1, 48, 300, None), (3, 70, 256, 2), (16, 64, 512, 4), (5, 33, 130, 1)]  # (M, N, K, splits)
+TILE_32 = [(17, 40, 256, 2), (32, 64, 130, None), (24, 36, 384, 3), (32, 32, 256, 1)]
 
 
-@pytest.mark.parametrize("M, N, K, splits", ROW_CASES)
+@pytest.mark.parametrize("M, N, K, splits", TILE_16 + TILE_32)
 def test_partials_sum_to_the_product(M, N, K, splits):
     g = torch.Generator().manual_seed(M * 100 + N + K)
     x, w = torch.randn(M, K, generator=g).half(), torch.randn(N, K, generator=g).half()
