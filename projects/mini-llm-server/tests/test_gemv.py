@@ -7,9 +7,10 @@ from mini_llm_server.gemv import MAX_ROWS, gemv_partials, gemv_swiglu, num_split
 
 TILE_16 = [(1, 48, 300, None), (3, 70, 256, 2), (16, 64, 512, 4), (5, 33, 130, 1)]  # (M, N, K, splits)
 TILE_32 = [(17, 40, 256, 2), (32, 64, 130, None), (24, 36, 384, 3), (32, 32, 256, 1)]
+TILE_64 = [(33, 70, 256, None), (64, 64, 384, 2), (48, 130, 200, 1)]
 
 
-@pytest.mark.parametrize("M, N, K, splits", TILE_16 + TILE_32)
+@pytest.mark.parametrize("M, N, K, splits", TILE_16 + TILE_32 + TILE_64)
 def test_partials_sum_to_the_product(M, N, K, splits):
     g = torch.Generator().manual_seed(M * 100 + N + K)
     x, w = torch.randn(M, K, generator=g).half(), torch.randn(N, K, generator=g).half()
@@ -25,13 +26,18 @@ def test_splits_fill_the_gpu_but_keep_a_tile_each():
     cpu = torch.device("cpu")  # 132 SMs assumed off a GPU: 2 programs per SM wanted
     assert num_splits(2048, 2048, cpu) == 4 and num_splits(11264, 2048, cpu) == 1
     assert num_splits(2048, 5632, cpu) == 4 and num_splits(64, 256, cpu) == 2  # K = 2 tiles: at most 2 splits
+    # 64-row tiles of 64 columns: at most one program per SM
+    assert num_splits(2560, 2048, cpu, 64) == 2 and num_splits(2048, 2048, cpu, 48) == 4
+    assert num_splits(11264, 2048, cpu, 64) == 1 and num_splits(2048, 2048, cpu, 32) == 4
 
 
 def test_gemv_rejects_what_it_cannot_take():
-    with pytest.raises(ValueError, match="up to 32 rows"):
+    with pytest.raises(ValueError, match="up to 64 rows"):
         gemv_partials(torch.randn(MAX_ROWS + 1, 8).half(), torch.randn(4, 8).half())
     with pytest.raises(ValueError, match="its dtype"):
         gemv_partials(torch.randn(2, 8).half(), torch.randn(4, 8))
+    with pytest.raises(ValueError, match="not whole blocks of 128"):  # a 64-row tile's gate/up takes 128 a program
+        gemv_swiglu(torch.randn(40, 8).half(), torch.randn(96, 8).half())
 
 
 @pytest.mark.parametrize("dtype, atol", [(torch.float32, 1e-5), (torch.float16, 1e-2)])
@@ -61,7 +67,7 @@ def test_consumers_sum_partials_like_a_finished_projection(dtype, atol):
         torch.testing.assert_close(a, b, atol=atol, rtol=atol, equal_nan=True)
 
 
-@pytest.mark.parametrize("M, F", [(1, 48), (5, 80), (16, 64), (32, 48), (25, 16)])
+@pytest.mark.parametrize("M, F", [(1, 48), (5, 80), (16, 64), (32, 48), (25, 16), (64, 64), (40, 128)])
 def test_swiglu_epilogue_matches_projection_then_silu_mul(M, F):
     """The gate/up GEMV that writes silu(gate) * up itself, against the finished projection fed to silu_mul
     (the same rounding steps: only the sum order of the dot products differs)."""

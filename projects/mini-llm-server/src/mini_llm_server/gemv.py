@@ -1,10 +1,10 @@
 """Split-K matrix-vector products for small decode batches (Triton): x @ W.T for at most MAX_ROWS rows of x
 against an nn.Linear weight W (N, K), returned as SPLITS partial sums (SPLITS, M, N) in fp32 that the next
 fused kernel adds up (fused_ops.py: the consumers take either a finished activation or partials). The rows
-are one tensor-core tile of 16 or 32 (the smaller that holds them), so the weight is read once.
+are one tensor-core tile of 16, 32 or 64 (the smallest that holds them), so the weight is read once.
 
 At batch 1 a decode step's time is reading the weights once. A TinyLlama layer's O and down projections have
-only N / BLOCK_N = 64 column blocks, fewer programs than the H100 has SMs, and each program streams its rows of
+only 64 blocks of 32 columns, fewer programs than the H100 has SMs, and each program streams its rows of
 W serially: cuBLAS and a plain Triton GEMV both run them at about half of the copy bandwidth. Splitting K
 gives every SM programs to stream, and summing the partials in the consumer, which reads its input anyway,
 costs no extra kernel (a separate reduction kernel would cost more than the split saves: each kernel
@@ -15,17 +15,18 @@ MLP's activation itself: the runner's fused gate/up weight interleaves the two (
 row 2j + 1), each program's block of columns holds whole (gate, up) pairs, and the epilogue writes
 silu(gate) * up, rounded as fused_ops.silu_mul rounds it. That is one kernel fewer per layer.
 
-At 32 rows the weight's bytes still set the floor, not the FLOPs (each bf16 weight is used in 32
-multiply-adds: 32 FLOPs per byte, where the H200 needs about 200 to be compute-bound), and cuBLAS's
-launches are as under-filled as at one row: on the H200 the decode step of 32 streams spent 750 us in these
+Up to 64 rows the weight's bytes still set the floor, not the FLOPs (each bf16 weight is used in at most 64
+multiply-adds: 64 FLOPs per byte, where the H200 needs about 200 to be compute-bound), and cuBLAS's launches
+are about as under-filled as at one row. On the H200 the decode step of 32 streams spent 750 us in these
 kernels against 854 in cuBLAS's and its SwiGLU (a profiler probe, stop 21), and its graph's replay went from
-1.18 to 1.05 ms (step-bench). At 64 rows this kernel only matched cuBLAS (909 against 918 us), so batches of
-more than 32 rows stay with F.linear.
+1.18 to 1.06 ms (step-bench). At 128 rows cuBLAS was faster (a probe: 43.2 against 47.4 us a layer), so larger
+batches stay with F.linear.
 """
 
 from __future__ import annotations
 
 import functools
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -34,10 +35,21 @@ import triton.language as tl
 
 from mini_llm_server.fused_ops import silu_mul, swiglu
 
-MAX_ROWS = 32  # rows of x the kernel takes: one tensor-core tile of 16 or 32 rows
-BLOCK_N, BLOCK_K = 32, 128
-PROGRAMS_PER_SM = 2  # split K until the launch has about this many programs per SM
+BLOCK_K = 128
+PROGRAMS_PER_SM = 2  # 16- and 32-row tiles: split K until the launch has about this many programs per SM
 MAX_SPLITS = 8
+
+
+class Tile(NamedTuple):
+    rows: int  # BLOCK_M: the rows of x one program holds
+    block_n: int  # weight rows (output columns) per program of a plain projection
+    swiglu_block_n: int  # ... of the gate/up projection with the SwiGLU epilogue
+
+
+# the smallest that holds x's rows. On the H200 at 64 rows, 64 columns per program (128 for gate/up) beat 32
+# (gate/up: 14.9 against 19.4 us), and at most one program per SM beat two (Q/K/V: 6.7 against 7.5 us)
+TILES = (Tile(16, 32, 32), Tile(32, 32, 32), Tile(64, 64, 128))
+MAX_ROWS = TILES[-1].rows
 
 
 @triton.jit
@@ -66,9 +78,8 @@ def _gemv_partials_kernel(X, W, P, M, N, K, K_PER, stride_xm, stride_wn, stride_
                  mask=(rm[:, None] < M) & (rn[None, :] < N))  # fmt: skip
 
 
-def _block_m(M: int) -> int:
-    """The tile's rows: 16, or 32 for more."""
-    return max(16, triton.next_power_of_2(M))
+def tile_for(M: int) -> Tile:
+    return next(t for t in TILES if t.rows >= M)
 
 
 @functools.cache
@@ -76,10 +87,12 @@ def _num_sms(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 132
 
 
-def num_splits(N: int, K: int, device: torch.device) -> int:
-    """The power of two (at most MAX_SPLITS) that brings the launch near PROGRAMS_PER_SM programs per SM,
+def num_splits(N: int, K: int, device: torch.device, M: int = 1) -> int:
+    """The power of two (at most MAX_SPLITS) that brings a launch over M rows near PROGRAMS_PER_SM programs per
+    SM (16- and 32-row tiles) or within one per SM (64-row tiles, each holding four times the accumulator),
     keeping at least one BLOCK_K tile per split."""
-    want = -(-PROGRAMS_PER_SM * _num_sms(device) // triton.cdiv(N, BLOCK_N))
+    blocks, sms = triton.cdiv(N, tile_for(M).block_n), _num_sms(device)
+    want = -(-PROGRAMS_PER_SM * sms // blocks) if tile_for(M).rows < 64 else sms // blocks
     splits = 1
     while splits * 2 <= min(want, MAX_SPLITS) and splits * 2 * BLOCK_K <= K:
         splits *= 2
@@ -97,14 +110,14 @@ def _check(x: torch.Tensor, weight: torch.Tensor) -> None:
 def gemv_partials(x: torch.Tensor, weight: torch.Tensor, splits: int | None = None) -> torch.Tensor:
     """x (M, K) @ weight (N, K).T as `splits` fp32 partial sums (splits, M, N); M <= MAX_ROWS."""
     _check(x, weight)
-    (M, K), N = x.shape, weight.shape[0]
-    splits = splits or num_splits(N, K, x.device)
+    (M, K), N, tile = x.shape, weight.shape[0], tile_for(x.shape[0])
+    splits = splits or num_splits(N, K, x.device, M)
     k_per = triton.cdiv(triton.cdiv(K, splits), BLOCK_K) * BLOCK_K  # whole tiles per split
     splits = triton.cdiv(K, k_per)
     partials = torch.empty(splits, M, N, device=x.device, dtype=torch.float32)
-    _gemv_partials_kernel[(triton.cdiv(N, BLOCK_N), splits)](
+    _gemv_partials_kernel[(triton.cdiv(N, tile.block_n), splits)](
         x, weight, partials, M, N, K, k_per, x.stride(0), weight.stride(0), partials.stride(0), partials.stride(1),
-        BLOCK_M=_block_m(M), BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K, SWIGLU=False, num_warps=4, num_stages=4)  # fmt: skip
+        BLOCK_M=tile.rows, BLOCK_N=tile.block_n, BLOCK_K=BLOCK_K, SWIGLU=False, num_warps=4, num_stages=4)  # fmt: skip
     return partials
 
 
@@ -112,11 +125,14 @@ def gemv_swiglu(x: torch.Tensor, gate_up: torch.Tensor) -> torch.Tensor:
     """silu(x @ gate.T) * (x @ up.T) (M, F) in x's dtype, for gate_up (2F, K) holding gate and up interleaved
     by rows; M <= MAX_ROWS."""
     _check(x, gate_up)
-    (M, K), N = x.shape, gate_up.shape[0]
+    (M, K), N, tile = x.shape, gate_up.shape[0], tile_for(x.shape[0])
+    if N % tile.swiglu_block_n:
+        raise ValueError(f"gemv_swiglu: {N} gate/up rows are not whole blocks of {tile.swiglu_block_n}")
     act = torch.empty(M, N // 2, device=x.device, dtype=x.dtype)
-    _gemv_partials_kernel[(triton.cdiv(N, BLOCK_N), 1)](
+    _gemv_partials_kernel[(N // tile.swiglu_block_n, 1)](
         x, gate_up, act, M, N, K, K, x.stride(0), gate_up.stride(0), 0, act.stride(0),
-        BLOCK_M=_block_m(M), BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K, SWIGLU=True, num_warps=4, num_stages=4)  # fmt: skip
+        BLOCK_M=tile.rows, BLOCK_N=tile.swiglu_block_n, BLOCK_K=BLOCK_K, SWIGLU=True, num_warps=4,
+        num_stages=4)  # fmt: skip
     return act
 
 
@@ -134,7 +150,7 @@ def project(x: torch.Tensor, weight: torch.Tensor, use_triton: bool) -> torch.Te
 def project_swiglu(x: torch.Tensor, gate_up: torch.Tensor, use_triton: bool) -> torch.Tensor:
     """The MLP's activation silu(x @ gate.T) * (x @ up.T) from the interleaved gate/up weight: one GEMV with the
     SwiGLU epilogue where the GEMV runs and needs no split, else the projection then fused_ops.silu_mul."""
-    N, K = gate_up.shape
-    if _takes(x, use_triton) and num_splits(N, K, x.device) == 1 and N % BLOCK_N == 0:
+    (N, K), M = gate_up.shape, x.shape[0]
+    if _takes(x, use_triton) and num_splits(N, K, x.device, M) == 1 and N % tile_for(M).swiglu_block_n == 0:
         return gemv_swiglu(x, gate_up)
     return silu_mul(project(x, gate_up, use_triton), use_triton, x.dtype)
