@@ -10,17 +10,18 @@ gives every SM programs to stream, and summing the partials in the consumer, whi
 costs no extra kernel (a separate reduction kernel would cost more than the split saves: each kernel
 boundary in the step's CUDA graph costs about as much as the time gained).
 
-The gate/up projection needs no split (its 2 x 5632 columns are 352 programs), so its kernel finishes the
+The gate/up projection needs no split (its 2 x 5632 columns are 352 programs of 32, 88 of 128), so it finishes the
 MLP's activation itself: the runner's fused gate/up weight interleaves the two (gate j in row 2j, up j in
 row 2j + 1), each program's block of columns holds whole (gate, up) pairs, and the epilogue writes
 silu(gate) * up, rounded as fused_ops.silu_mul rounds it. That is one kernel fewer per layer.
 
 Up to 64 rows the weight's bytes still set the floor, not the FLOPs (each bf16 weight is used in at most 64
 multiply-adds: 64 FLOPs per byte, where the H200 needs about 200 to be compute-bound), and cuBLAS's launches
-are about as under-filled as at one row. On the H200 the decode step of 32 streams spent 750 us in these
-kernels against 854 in cuBLAS's and its SwiGLU (a profiler probe, stop 21), and its graph's replay went from
-1.18 to 1.06 ms (step-bench). At 128 rows cuBLAS was faster (a probe: 43.2 against 47.4 us a layer), so larger
-batches stay with F.linear.
+are about as under-filled as at one row. On the H200 (profiler probes, stop 21) the decode forward spent 753
+us in these kernels at 32 rows against 854 in cuBLAS's and its SwiGLU, and 758 against 922 at 64 rows; in
+step-bench the 32-sequence decode step's graph went from 1.18 to 1.05 ms and a 64-token mixed step's from
+1.52 to 1.35 ms. At 128 rows cuBLAS was faster (43.2 against 47.4 us a layer for the best tile found), so
+larger batches stay with F.linear.
 """
 
 from __future__ import annotations
