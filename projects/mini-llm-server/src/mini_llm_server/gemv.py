@@ -47,8 +47,9 @@ class Tile(NamedTuple):
     swiglu_block_n: int  # ... of the gate/up projection with the SwiGLU epilogue
 
 
-# the smallest that holds x's rows. On the H200 at 64 rows, 64 columns per program (128 for gate/up) beat 32
-# (gate/up: 14.9 against 19.4 us), and at most one program per SM beat two (Q/K/V: 6.7 against 7.5 us)
+# the smallest that holds x's rows. On the H200 at 64 rows (a probe, stop 21), 64 columns per program (128 for
+# gate/up) beat 32 (gate/up: 14.9 against 19.4 us), and at most one program per SM beat two (Q/K/V with 64
+# columns: 7.0 us at 2 splits, over 8.5 at 4, the consumer's read of the partials included)
 TILES = (Tile(16, 32, 32), Tile(32, 32, 32), Tile(64, 64, 128))
 MAX_ROWS = TILES[-1].rows
 
@@ -92,8 +93,9 @@ def num_splits(N: int, K: int, device: torch.device, M: int = 1) -> int:
     """The power of two (at most MAX_SPLITS) that brings a launch over M rows near PROGRAMS_PER_SM programs per
     SM (16- and 32-row tiles) or within one per SM (64-row tiles, each holding four times the accumulator),
     keeping at least one BLOCK_K tile per split."""
-    blocks, sms = triton.cdiv(N, tile_for(M).block_n), _num_sms(device)
-    want = -(-PROGRAMS_PER_SM * sms // blocks) if tile_for(M).rows < 64 else sms // blocks
+    tile, sms = tile_for(M), _num_sms(device)
+    blocks = triton.cdiv(N, tile.block_n)
+    want = -(-PROGRAMS_PER_SM * sms // blocks) if tile.rows < 64 else sms // blocks
     splits = 1
     while splits * 2 <= min(want, MAX_SPLITS) and splits * 2 * BLOCK_K <= K:
         splits *= 2
@@ -127,10 +129,10 @@ def gemv_swiglu(x: torch.Tensor, gate_up: torch.Tensor) -> torch.Tensor:
     by rows; M <= MAX_ROWS."""
     _check(x, gate_up)
     (M, K), N, tile = x.shape, gate_up.shape[0], tile_for(x.shape[0])
-    if N % tile.swiglu_block_n:
-        raise ValueError(f"gemv_swiglu: {N} gate/up rows are not whole blocks of {tile.swiglu_block_n}")
+    if N % 2:
+        raise ValueError(f"gemv_swiglu: gate_up holds (gate, up) row pairs, got an odd {N} rows")
     act = torch.empty(M, N // 2, device=x.device, dtype=x.dtype)
-    _gemv_partials_kernel[(N // tile.swiglu_block_n, 1)](
+    _gemv_partials_kernel[(triton.cdiv(N, tile.swiglu_block_n), 1)](
         x, gate_up, act, M, N, K, K, x.stride(0), gate_up.stride(0), 0, act.stride(0),
         BLOCK_M=tile.rows, BLOCK_N=tile.swiglu_block_n, BLOCK_K=BLOCK_K, SWIGLU=True, num_warps=4,
         num_stages=4)  # fmt: skip
