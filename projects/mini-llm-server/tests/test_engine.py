@@ -427,11 +427,12 @@ def test_engine_on_gpu_with_the_paged_kernel_matches_one_at_a_time(model, cuda_g
 
 
 @pytest.mark.gpu
-def test_bf16_fast_path_follows_the_fp32_model():
+def test_bf16_fast_path_follows_the_fp32_model(monkeypatch):
     """The GPU fast path in bf16 (split-K GEMVs, the SwiGLU epilogue, fused kernels, CUDA graphs, overlapped
     steps) against the fp32 model: the logits of every step, at every sampled position, no further from it
     than the model itself run in bf16 by torch is (twice that, at most). ffn_dim 4224: the gate/up projection is
-    wide enough to run unsplit, through its SwiGLU epilogue."""
+    wide enough to run unsplit, through its SwiGLU epilogue, and down's K is long enough for the TMA GEMM, which
+    the first step's 92 tokens run (65-128 rows, on Hopper)."""
     import copy
 
     torch.manual_seed(0)
@@ -439,6 +440,12 @@ def test_bf16_fast_path_follows_the_fp32_model():
     ref = Transformer(cfg).cuda().eval()
     ref.reset_parameters(std=0.1)
     half = copy.deepcopy(ref).bfloat16()
+    from mini_llm_server import projections
+
+    tma_calls = []
+    for name in ("tma_swiglu", "tma_partials"):
+        kernel = getattr(projections.tma_gemm, name)
+        monkeypatch.setattr(projections.tma_gemm, name, lambda *a, k=kernel, n=name: tma_calls.append(n) or k(*a))
     engine = LLMEngine(half, EngineConfig(num_blocks=64, block_size=16, max_num_seqs=4))
     assert engine.runner.decode_graphs.graphs
     recorded, execute = [], engine.runner.execute
@@ -450,9 +457,11 @@ def test_bf16_fast_path_follows_the_fp32_model():
         return logits
 
     engine.runner.execute = recording
-    prompts = [torch.randint(0, 512, (n,)).tolist() for n in (5, 17, 40)]
+    prompts = [torch.randint(0, 512, (n,)).tolist() for n in (5, 17, 40, 30)]
     outputs = engine.generate(prompts, SamplingParams(temperature=0.0, max_new_tokens=24))
     assert engine.runner.decode_graphs.replays > 0
+    if torch.cuda.get_device_capability()[0] >= 9:
+        assert {"tma_swiglu", "tma_partials"} <= set(tma_calls)
     with torch.no_grad():
         sequences = [torch.tensor([p + o], device="cuda") for p, o in zip(prompts, outputs, strict=True)]
         want = [ref(s)[0] for s in sequences]

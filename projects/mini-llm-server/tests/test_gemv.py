@@ -3,7 +3,8 @@
 import pytest
 import torch
 from mini_llm_server.fused_ops import add_rmsnorm, finished, rope_and_cache, silu_mul
-from mini_llm_server.gemv import MAX_ROWS, gemv_partials, gemv_swiglu, num_splits, project_swiglu
+from mini_llm_server.gemv import MAX_ROWS, gemv_partials, gemv_swiglu, num_splits
+from mini_llm_server.projections import project_swiglu
 
 TILE_16 = [(1, 48, 300, None), (3, 70, 256, 2), (16, 64, 512, 4), (5, 33, 130, 1)]  # (M, N, K, splits)
 TILE_32 = [(17, 40, 256, 2), (32, 64, 130, None), (24, 36, 384, 3), (32, 32, 256, 1)]

@@ -6,9 +6,9 @@ layer, plus the residual adds and SwiGLU's two. Here the residual add and the fo
 kernel that writes both the new residual stream and the normalised activations; silu(gate) * up is
 one kernel over the fused gate/up projection's output; and rotary embedding of Q and K plus the write of
 K and V into their cache slots is one kernel over the fused QKV projection's output (in torch: a dozen
-kernels and two scatters). Each of them reads a projection's output either finished or as gemv.py's split-K
+kernels and two scatters). Each of them reads a projection's output either finished or as split-K
 partials, which it sums (load_projection); the rotary and SwiGLU math is shared with the kernels that fold it
-into attention and the gate/up GEMV (rotated, swiglu). The embedding kernel takes a token still on the
+into attention and the gate/up GEMV and GEMM (rotated, swiglu). The embedding kernel takes a token still on the
 device where the step says so. Rounding follows the reference model step by step (each product and sum is
 rounded to the activation dtype where torch rounds it). Not bit for bit everywhere: on the H200 in bf16 the
 rotary kernel's K matches torch's exactly but its Q differs in the last bit in about one element in eight
@@ -23,15 +23,16 @@ import triton.language as tl
 
 
 def finished(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """A projection's output as one (M, N) tensor of `dtype`: split-K partials (S, M, N) from gemv.py summed,
-    as F.linear would round it; a finished output as it is."""
+    """A projection's output as one (M, N) tensor of `dtype`: split-K partials (S, M, N) (gemv.py,
+    tma_gemm.py) summed, as F.linear would round it; a finished output as it is."""
     return t.sum(0).to(dtype) if t.dim() == 3 else t
 
 
 @triton.jit
 def load_projection(ptrs, mask, stride_split, SPLITS: tl.constexpr, DT: tl.constexpr):
     """A projection's output at `ptrs`: a finished activation (SPLITS = 1), or the sum of SPLITS fp32 partial
-    sums stride_split apart (gemv.py), rounded to the activation dtype DT as F.linear rounds its output."""
+    sums stride_split apart (gemv.py, tma_gemm.py), rounded to the activation dtype DT as F.linear rounds its
+    output."""
     x = tl.load(ptrs, mask=mask, other=0.0).to(tl.float32)
     for s in tl.static_range(1, SPLITS):
         x += tl.load(ptrs + s * stride_split, mask=mask, other=0.0).to(tl.float32)

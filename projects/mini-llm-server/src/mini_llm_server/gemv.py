@@ -21,7 +21,7 @@ are about as under-filled as at one row. On the H200 (profiler probes, stop 21) 
 us in these kernels at 32 rows against 854 in cuBLAS's and its SwiGLU, and 758 against 922 at 64 rows; in
 step-bench the 32-sequence decode step's graph went from 1.18 to 1.05 ms and a 64-token mixed step's from
 1.52 to 1.35 ms. At 128 rows cuBLAS was faster (43.2 against 47.4 us a layer for the best tile found), so
-larger batches stay with F.linear.
+larger batches go to tma_gemm.py or F.linear (projections.py picks).
 """
 
 from __future__ import annotations
@@ -30,11 +30,10 @@ import functools
 from typing import NamedTuple
 
 import torch
-import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from mini_llm_server.fused_ops import silu_mul, swiglu
+from mini_llm_server.fused_ops import swiglu
 
 BLOCK_K = 128
 PROGRAMS_PER_SM = 2  # 16- and 32-row tiles: split K until the launch has about this many programs per SM
@@ -137,23 +136,3 @@ def gemv_swiglu(x: torch.Tensor, gate_up: torch.Tensor) -> torch.Tensor:
         BLOCK_M=tile.rows, BLOCK_N=tile.swiglu_block_n, BLOCK_K=BLOCK_K, SWIGLU=True, num_warps=4,
         num_stages=4)  # fmt: skip
     return act
-
-
-def _takes(x: torch.Tensor, use_triton: bool) -> bool:
-    """Whether the GEMV kernels run this projection: a few rows of half-precision activations."""
-    return use_triton and x.shape[0] <= MAX_ROWS and x.dtype in (torch.float16, torch.bfloat16) and x.stride(1) == 1
-
-
-def project(x: torch.Tensor, weight: torch.Tensor, use_triton: bool) -> torch.Tensor:
-    """x @ weight.T: split-K partials (S, M, N) for a few rows of half-precision activations, for a fused_ops
-    consumer to sum; F.linear's finished (M, N) otherwise."""
-    return gemv_partials(x, weight) if _takes(x, use_triton) else F.linear(x, weight)
-
-
-def project_swiglu(x: torch.Tensor, gate_up: torch.Tensor, use_triton: bool) -> torch.Tensor:
-    """The MLP's activation silu(x @ gate.T) * (x @ up.T) from the interleaved gate/up weight: one GEMV with the
-    SwiGLU epilogue where the GEMV runs and needs no split, else the projection then fused_ops.silu_mul."""
-    (N, K), M = gate_up.shape, x.shape[0]
-    if _takes(x, use_triton) and num_splits(N, K, x.device, M) == 1 and N % tile_for(M).swiglu_block_n == 0:
-        return gemv_swiglu(x, gate_up)
-    return silu_mul(project(x, gate_up, use_triton), use_triton, x.dtype)

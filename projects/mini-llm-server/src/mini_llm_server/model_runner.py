@@ -22,9 +22,9 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from mini_llm_server.block_tables import BlockTables
 from mini_llm_server.cuda_graphs import DecodeGraphs, MixedGraphs
 from mini_llm_server.fused_ops import add_rmsnorm, embed, rope_and_cache
-from mini_llm_server.gemv import project, project_swiglu
 from mini_llm_server.gpu_timeline import GpuTimeline
 from mini_llm_server.paged_attention import paged_varlen_attention, tokens_per_tile
+from mini_llm_server.projections import project, project_swiglu
 from mini_llm_server.scheduler import ScheduledSeq
 from mini_llm_server.step_inputs import step_inputs
 
@@ -75,7 +75,7 @@ class ModelRunner:
         self.qkv_weight = [torch.cat([lay.self_attn.q_proj.weight, lay.self_attn.k_proj.weight,
                                       lay.self_attn.v_proj.weight]) for lay in model.layers]  # fmt: skip
         # gate and up interleaved by rows (gate j in row 2j, up j in 2j + 1), so that one block of output columns
-        # holds whole pairs (gemv.py)
+        # holds whole pairs (gemv.py, tma_gemm.py)
         self.gate_up_weight = [torch.stack([lay.mlp.gate_proj.weight, lay.mlp.up_proj.weight], 1).flatten(0, 1)
                                for lay in model.layers]  # fmt: skip
         self.tokens_per_tile = tokens_per_tile(cfg.n_heads, cfg.n_kv_heads)
@@ -172,7 +172,7 @@ class ModelRunner:
         writes each token's K/V to its cache slot and attends (rope_and_cache then an attention kernel, or
         one kernel that does all three). A token whose `feeds` entry is a row r >= 0 is not in `tokens` but
         in `sampled[r]`, where the last step put it. Each residual add is fused with the RMSNorm after it,
-        Q/K/V and gate/up are one matmul each (fused_ops.py, gemv.py; with the paged kernel, else the same
+        Q/K/V and gate/up are one matmul each (fused_ops.py, projections.py; with the paged kernel, else the same
         math in torch)."""
         model, cfg, fused = self.model, self.model.cfg, self.paged_kernel
         layers, eps = model.layers, model.norm.eps

@@ -33,6 +33,7 @@ from mini_llm_server.report import TINYLLAMA, kernel_families
 # kernel families of a mixed step's forward, by a substring of the kernel's name (report.kernel_families)
 MIXED_KERNELS = {"_paged_varlen": "varlen attention", "_rope_cache": "rotary + KV-cache write",
                  "_add_rmsnorm": "residual add + RMSNorm", "_silu_mul": "SiLU(gate) * up", "_embed": "embedding",
+                 "_tma_gemm": "gate/up and down (TMA GEMM, steps of 65-128 tokens)",  # before "gemm": it holds it
                  "nvjet": "projections and LM head (cuBLAS)", "gemm": "projections and LM head (cuBLAS)",
                  "_gemv": "projections (split-K GEMV, steps of up to 64 tokens)"}  # fmt: skip
 
