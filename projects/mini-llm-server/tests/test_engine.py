@@ -428,8 +428,8 @@ def test_engine_on_gpu_with_the_paged_kernel_matches_one_at_a_time(model, cuda_g
 
 @pytest.mark.gpu
 def test_bf16_fast_path_follows_the_fp32_model(monkeypatch):
-    """The GPU fast path in bf16 (split-K GEMVs, the SwiGLU epilogue, fused kernels, CUDA graphs, overlapped
-    steps) against the fp32 model: the logits of every step, at every sampled position, no further from it
+    """The GPU fast path in bf16 (split-K GEMVs, the TMA GEMM, the SwiGLU epilogues, fused kernels, CUDA graphs,
+    overlapped steps) against the fp32 model: the logits of every step, at every sampled position, no further from it
     than the model itself run in bf16 by torch is (twice that, at most). ffn_dim 4224: the gate/up projection is
     wide enough to run unsplit, through its SwiGLU epilogue, and down's K is long enough for the TMA GEMM, which
     the first step's 92 tokens run (65-128 rows, on Hopper)."""

@@ -53,13 +53,15 @@ def test_each_projection_goes_where_the_probe_found_it_fastest():
     assert kernel_for(100, 5632, False, False) == kernel_for(100, 2048, True, False) == "cublas"  # no TMA here
 
 
-def test_off_a_hopper_gpu_the_projections_past_64_rows_are_cublas_and_the_same():
-    """On a CPU (no TMA) 100 rows go to F.linear and silu_mul: finished outputs, not partials."""
+def test_off_a_hopper_gpu_the_projections_past_64_rows_are_cublas():
+    """On a CPU (no TMA) 100 rows go to F.linear (a finished output, not partials), then silu_mul."""
     g = torch.Generator().manual_seed(3)
     x, gate_up, down = torch.randn(100, 64, generator=g).half(), _interleaved(48, 64, g), torch.randn(32, 48).half()
+    assert project(x, gate_up, True).shape == (100, 96)
     act = project_swiglu(x, gate_up, True)
     torch.testing.assert_close(act, silu_mul(torch.nn.functional.linear(x, gate_up), True))
     assert project(act, down, True).shape == (100, 32)
+    assert project(x[:64], gate_up, True).dim() == 3  # up to 64 rows: the GEMV's partials
 
 
 @pytest.mark.gpu
