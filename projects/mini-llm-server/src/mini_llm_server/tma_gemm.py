@@ -86,9 +86,13 @@ def _check(x: torch.Tensor, weight: torch.Tensor) -> None:
                          f"{weight.dtype}")  # fmt: skip
 
 
+def _k_per_split(K: int, launch: Launch) -> int:
+    return triton.cdiv(triton.cdiv(K, launch.splits), launch.block_k) * launch.block_k  # whole tiles per split
+
+
 def _launch(x: torch.Tensor, weight: torch.Tensor, out: torch.Tensor, launch: Launch, swiglu: bool) -> None:
     (M, K), N = x.shape, weight.shape[0]
-    k_per = triton.cdiv(triton.cdiv(K, launch.splits), launch.block_k) * launch.block_k  # whole tiles per split
+    k_per = _k_per_split(K, launch)
     x_desc = TensorDescriptor.from_tensor(x, [BLOCK_M, launch.block_k])
     w_desc = TensorDescriptor.from_tensor(weight, [launch.block_n, launch.block_k])
     grid = (triton.cdiv(M, BLOCK_M), triton.cdiv(N, launch.block_n), triton.cdiv(K, k_per))
@@ -102,9 +106,8 @@ def tma_partials(x: torch.Tensor, weight: torch.Tensor, splits: int = PARTIALS_L
     whole tiles; M <= MAX_ROWS."""
     _check(x, weight)
     launch = PARTIALS_LAUNCH._replace(splits=splits)
-    k_per = triton.cdiv(triton.cdiv(x.shape[1], splits), launch.block_k) * launch.block_k
-    partials = torch.empty(triton.cdiv(x.shape[1], k_per), x.shape[0], weight.shape[0], device=x.device,
-                           dtype=torch.float32)  # fmt: skip
+    (M, K), N = x.shape, weight.shape[0]
+    partials = torch.empty(triton.cdiv(K, _k_per_split(K, launch)), M, N, device=x.device, dtype=torch.float32)
     _launch(x, weight, partials, launch, swiglu=False)
     return partials
 
