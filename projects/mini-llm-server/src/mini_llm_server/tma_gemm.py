@@ -15,9 +15,10 @@ Probe on the H200 (stop 22; CUDA graphs over 22 weight copies, one per layer; us
 - At 256 rows the gain was too small for a tile of its own: gate/up 22.6 against 23.8 (1.5% of that step),
   down 14.7 against 13.2.
 In step-bench the step of 31 decodes and a 64-token prompt (128 padded rows) went from 1.64 to 1.55 ms of graph
-time (records at 100a8de and d97b9ec). At 128 rows the floor is still the weight's bytes at 4.8 TB/s: gate/up's 46 MB take 9.6 us, down's 23 MB 4.8,
-so these run at 1.8x and 2.5x it. The launches are small (gate/up 352 programs, down 128 over 132 SMs), so a
-persistent or stream-K schedule is the next thing to try; it has not been measured.
+time (records at 100a8de and d97b9ec). At 128 rows the floor is still the weight's bytes at 4.8 TB/s: gate/up's
+46 MB take 9.6 us, down's 23 MB 4.8, so these run at 1.8x and 2.5x it. The launches are small (gate/up 352
+programs, down 128 over 132 SMs), so a persistent or stream-K schedule is the next thing to try; it has not been
+measured.
 """
 
 from __future__ import annotations
