@@ -7,9 +7,10 @@ kernel that writes both the new residual stream and the normalised activations; 
 one kernel over the fused gate/up projection's output; and rotary embedding of Q and K plus the write of
 K and V into their cache slots is one kernel over the fused QKV projection's output (in torch: a dozen
 kernels and two scatters). Each of them reads a projection's output either finished or as split-K
-partials, which it sums (load_projection); the rotary and SwiGLU math is shared with the kernels that fold it
-into attention and the gate/up GEMV and GEMM (rotated, swiglu). The embedding kernel takes a token still on the
-device where the step says so. Rounding follows the reference model step by step (each product and sum is
+partials, which it sums (load_projection); the GEMV and GEMM write them through one epilogue
+(store_projection). The rotary and SwiGLU math is shared with the kernels that fold it into attention and the
+gate/up GEMV and GEMM (rotated, swiglu). The embedding kernel takes a token still on the device where the step
+says so. Rounding follows the reference model step by step (each product and sum is
 rounded to the activation dtype where torch rounds it). Not bit for bit everywhere: on the H200 in bf16 the
 rotary kernel's K matches torch's exactly but its Q differs in the last bit in about one element in eight
 (cause not found), so the tests compare within a tolerance.
@@ -55,6 +56,23 @@ def swiglu(gate, up, DT: tl.constexpr):
     gate = gate.to(DT).to(tl.float32)
     silu = (gate / (1.0 + tl.exp(-gate))).to(DT)
     return (silu.to(tl.float32) * up.to(DT).to(tl.float32)).to(DT)
+
+
+@triton.jit
+def store_projection(P, acc, rm, pid_n, split, M, N, stride_ps, stride_pm, BLOCK_M: tl.constexpr,
+                     BLOCK_N: tl.constexpr, SWIGLU: tl.constexpr):  # fmt: skip
+    """A projection kernel's epilogue (gemv.py, tma_gemm.py) for its fp32 tile `acc` (rows rm, output columns
+    pid_n * BLOCK_N onwards): this split's partial sums into P (S, M, N); or, with SWIGLU (one split, gate and
+    up interleaved by columns), silu(gate) * up into the (M, N / 2) activation P in P's dtype."""
+    if SWIGLU:
+        gate, up = tl.split(tl.reshape(acc, (BLOCK_M, BLOCK_N // 2, 2)))
+        act = swiglu(gate, up, P.dtype.element_ty)
+        rf = pid_n * (BLOCK_N // 2) + tl.arange(0, BLOCK_N // 2)
+        tl.store(P + rm[:, None] * stride_pm + rf[None, :], act, mask=(rm[:, None] < M) & (rf[None, :] < N // 2))
+    else:
+        rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        tl.store(P + split * stride_ps + rm[:, None] * stride_pm + rn[None, :], acc,
+                 mask=(rm[:, None] < M) & (rn[None, :] < N))  # fmt: skip
 
 
 @triton.jit

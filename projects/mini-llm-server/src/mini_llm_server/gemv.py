@@ -33,7 +33,7 @@ import torch
 import triton
 import triton.language as tl
 
-from mini_llm_server.fused_ops import swiglu
+from mini_llm_server.fused_ops import store_projection
 
 BLOCK_K = 128
 PROGRAMS_PER_SM = 2  # 16- and 32-row tiles: split K until the launch has about this many programs per SM
@@ -69,14 +69,7 @@ def _gemv_partials_kernel(X, W, P, M, N, K, K_PER, stride_xm, stride_wn, stride_
         w = tl.load(W + rn[:, None] * stride_wn + k[None, :], mask=(rn[:, None] < N) & (k[None, :] < k_hi), other=0.0)
         x = tl.load(X + rm[:, None] * stride_xm + k[None, :], mask=(rm[:, None] < M) & (k[None, :] < k_hi), other=0.0)
         acc = tl.dot(x, tl.trans(w), acc)
-    if SWIGLU:  # one split; P is the (M, N / 2) activation in X's dtype
-        gate, up = tl.split(tl.reshape(acc, (BLOCK_M, BLOCK_N // 2, 2)))
-        act = swiglu(gate, up, P.dtype.element_ty)
-        rf = pid_n * (BLOCK_N // 2) + tl.arange(0, BLOCK_N // 2)
-        tl.store(P + rm[:, None] * stride_pm + rf[None, :], act, mask=(rm[:, None] < M) & (rf[None, :] < N // 2))
-    else:
-        tl.store(P + split * stride_ps + rm[:, None] * stride_pm + rn[None, :], acc,
-                 mask=(rm[:, None] < M) & (rn[None, :] < N))  # fmt: skip
+    store_projection(P, acc, rm, pid_n, split, M, N, stride_ps, stride_pm, BLOCK_M, BLOCK_N, SWIGLU)
 
 
 def tile_for(M: int) -> Tile:

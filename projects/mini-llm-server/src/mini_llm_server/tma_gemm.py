@@ -30,7 +30,7 @@ import triton
 import triton.language as tl
 from triton.tools.tensor_descriptor import TensorDescriptor
 
-from mini_llm_server.fused_ops import swiglu
+from mini_llm_server.fused_ops import store_projection
 
 BLOCK_M = 64  # the probe's best row tile at 128 rows, for both projections
 MAX_ROWS = 128
@@ -61,15 +61,7 @@ def _tma_gemm_kernel(x_desc, w_desc, P, M, N, K, K_PER, stride_ps, stride_pm,
     for k in range(k_lo, k_hi, BLOCK_K):  # past K (and past M, N) the descriptors read zeros
         acc = tl.dot(x_desc.load([off_m, k]), w_desc.load([off_n, k]).T, acc)
     rm = off_m + tl.arange(0, BLOCK_M)
-    if SWIGLU:  # one split; P is the (M, N / 2) activation in X's dtype
-        gate, up = tl.split(tl.reshape(acc, (BLOCK_M, BLOCK_N // 2, 2)))
-        act = swiglu(gate, up, P.dtype.element_ty)
-        rf = pid_n * (BLOCK_N // 2) + tl.arange(0, BLOCK_N // 2)
-        tl.store(P + rm[:, None] * stride_pm + rf[None, :], act, mask=(rm[:, None] < M) & (rf[None, :] < N // 2))
-    else:
-        rn = off_n + tl.arange(0, BLOCK_N)
-        tl.store(P + split * stride_ps + rm[:, None] * stride_pm + rn[None, :], acc,
-                 mask=(rm[:, None] < M) & (rn[None, :] < N))  # fmt: skip
+    store_projection(P, acc, rm, pid_n, split, M, N, stride_ps, stride_pm, BLOCK_M, BLOCK_N, SWIGLU)
 
 
 def aligned(x: torch.Tensor, weight: torch.Tensor) -> bool:
