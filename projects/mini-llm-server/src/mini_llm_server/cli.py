@@ -1,5 +1,5 @@
 """`mini-llm-server serve` (the HTTP service), `generate` (prompts through the engine), `load` (drive a server),
-`soak` (a bounded overload soak), `bench` (through the harness), `serving-bench` and `step-bench` (GPU),
+`soak` (a bounded overload soak), `bench` (through the harness), `serving-bench`, `goal-bench` and `step-bench` (GPU),
 `gc-bench` and `host-bench` (the serving processes' host: GC pauses, the engine's work per step)."""
 
 from __future__ import annotations
@@ -179,6 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     sk.add_argument("--disconnect-fraction", type=float, default=0.2, help="clients that hang up mid-stream")
     sk.add_argument("--max-queue", type=int, default=16, help="the server's waiting-request bound")
     sub.add_parser("serving-bench", help="TTFT/ITL by policy and concurrency, then 2x overload (GPU)")
+    sub.add_parser("goal-bench", help="the 32-stream inter-token goal over fresh services and workload seeds (GPU)")
     sub.add_parser("step-bench", help="GPU time of a decode step and of steps carrying prompts, by size (GPU)")
     sub.add_parser("gc-bench", help="a full GC in the engine and API processes, before and after the freeze")
     sub.add_parser("host-bench", help="the engine's host time per step at 32 and 128 sequences, forward stubbed")
@@ -194,6 +195,11 @@ def main(argv: list[str] | None = None) -> int:
         return _soak(args)
     if args.command == "serving-bench":
         return _serving_bench(args)
+    if args.command == "goal-bench":
+        from mini_llm_server.goal_runs import main as goal_bench
+
+        print(f"wrote {goal_bench()}")
+        return 0
     if args.command == "gc-bench":
         return _gc_bench(args)
     if args.command == "step-bench":

@@ -375,6 +375,8 @@ class LLMEngine:
             **{f"{k}_step_seconds": v for k, v in self.seconds_by_kind.items()},
             "gpu_wait_seconds": self.gpu_wait_seconds,
             **{f"itl_p{q}_ms": histogram_percentile_ms(self.itl_counts, q) for q in (50, 95, 99)},
+            # the gaps' histogram itself, sparse (bin: count), so a caller can take percentiles over a window
+            "itl_histogram": {b: c for b, c in enumerate(self.itl_counts) if c},
             **self._timeline_metrics(),
         }
 
