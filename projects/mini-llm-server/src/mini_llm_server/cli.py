@@ -179,7 +179,9 @@ def main(argv: list[str] | None = None) -> int:
     sk.add_argument("--disconnect-fraction", type=float, default=0.2, help="clients that hang up mid-stream")
     sk.add_argument("--max-queue", type=int, default=16, help="the server's waiting-request bound")
     sub.add_parser("serving-bench", help="TTFT/ITL by policy and concurrency, then 2x overload (GPU)")
-    sub.add_parser("goal-bench", help="the 32-stream inter-token goal over fresh services and workload seeds (GPU)")
+    gb = sub.add_parser("goal-bench", help="the 32-stream inter-token goal, fresh services x workload seeds (GPU)")
+    gb.add_argument("--step-tokens", type=int, nargs="+", help="step token budgets (default: GoalConfig's)")
+    gb.add_argument("--label", default="", help="write goal_runs_LABEL.json, beside an earlier host's run")
     sub.add_parser("step-bench", help="GPU time of a decode step and of steps carrying prompts, by size (GPU)")
     sub.add_parser("gc-bench", help="a full GC in the engine and API processes, before and after the freeze")
     sub.add_parser("host-bench", help="the engine's host time per step at 32 and 128 sequences, forward stubbed")
@@ -198,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "goal-bench":
         from mini_llm_server.goal_runs import main as goal_bench
 
-        print(f"wrote {goal_bench()}")
+        print(f"wrote {goal_bench(tuple(args.step_tokens or ()), args.label)}")
         return 0
     if args.command == "gc-bench":
         return _gc_bench(args)

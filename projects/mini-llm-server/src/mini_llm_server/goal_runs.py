@@ -117,13 +117,15 @@ def measure(factory: ModelFactory, tok: Tokenizer, cfg: GoalConfig) -> list[dict
 
 
 def write_goal_record(rows: list[dict], cfg: GoalConfig, model_name: str, device: torch.device,
-                      root: Path | None = None) -> Path:  # fmt: skip
+                      root: Path | None = None, label: str = "") -> Path:  # fmt: skip
+    """The record goal_runs.json, or goal_runs_<label>.json: a run on another host (another device session) is
+    kept beside the first rather than replacing it, since the host's CPUs set delivery's share of the tail."""
     ctx = service_context(hardware_label(device), root)
     params = ("step_tokens", "service", "seed")
     columns = [param("step_tokens", "tokens computed per step at most"), param("service", "fresh service"),
                param("seed", "workload seed")]  # fmt: skip
     columns += [metric(k, "ms" if k.endswith("_ms") else "") for k in rows[0] if k not in params]
-    ctx.record(benchmark="goal_runs", columns=columns, rows=rows,
+    ctx.record(benchmark=f"goal_runs_{label}" if label else "goal_runs", columns=columns, rows=rows,
                config={**asdict(cfg), "model": model_name},
                timing=TimingConfig(warmup=0, repeats=1),
                method="as serving-bench's scaled point, repeated: fresh services, a batch-1 run, then closed loads "
@@ -133,7 +135,7 @@ def write_goal_record(rows: list[dict], cfg: GoalConfig, model_name: str, device
     return ctx.written[-1]
 
 
-def main() -> Path:
+def main(step_tokens: tuple[int, ...] | None = None, label: str = "") -> Path:
     """The GPU run: the serving record's model, built in each engine process."""
     from tinyllm import registry
 
@@ -142,6 +144,6 @@ def main() -> Path:
     if not torch.cuda.is_available():
         raise SystemExit("goal-bench measures the service on a GPU; none is visible here")
     device, tok = torch.device("cuda"), registry.tokenizer("small")
-    cfg = GoalConfig()
+    cfg = GoalConfig(step_tokens=step_tokens) if step_tokens else GoalConfig()
     rows = measure(functools.partial(gpu_model, device, tok), tok, cfg)
-    return write_goal_record(rows, cfg, "tinyllama-1.1b-random (small tokenizer)", device)
+    return write_goal_record(rows, cfg, "tinyllama-1.1b-random (small tokenizer)", device, label=label)
