@@ -181,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("serving-bench", help="TTFT/ITL by policy and concurrency, then 2x overload (GPU)")
     gb = sub.add_parser("goal-bench", help="the 32-stream inter-token goal, fresh services x workload seeds (GPU)")
     gb.add_argument("--step-tokens", type=int, nargs="+", help="step token budgets (default: GoalConfig's)")
-    gb.add_argument("--label", default="", help="write goal_runs_LABEL.json, beside an earlier host's run")
+    gb.add_argument("--label", default="", help="write goal_runs_LABEL.json, beside an earlier machine's run")
     sub.add_parser("step-bench", help="GPU time of a decode step and of steps carrying prompts, by size (GPU)")
     sub.add_parser("gc-bench", help="a full GC in the engine and API processes, before and after the freeze")
     sub.add_parser("host-bench", help="the engine's host time per step at 32 and 128 sequences, forward stubbed")

@@ -118,7 +118,7 @@ def measure(factory: ModelFactory, tok: Tokenizer, cfg: GoalConfig) -> list[dict
 
 def write_goal_record(rows: list[dict], cfg: GoalConfig, model_name: str, device: torch.device,
                       root: Path | None = None, label: str = "") -> Path:  # fmt: skip
-    """The record goal_runs.json, or goal_runs_<label>.json: a run on another host (another device session) is
+    """The record goal_runs.json, or goal_runs_<label>.json: a run on another machine (a later device start) is
     kept beside the first rather than replacing it, since the host's CPUs set delivery's share of the tail."""
     ctx = service_context(hardware_label(device), root)
     params = ("step_tokens", "service", "seed")
