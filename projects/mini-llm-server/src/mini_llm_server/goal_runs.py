@@ -1,10 +1,10 @@
 """`mini-llm-server goal-bench`: issue 8's inter-token goal measured many times, not once.
 
 serving-bench measures each point once, on one workload (seed 0) and one fresh service. The goal's point
-(32 streams behind 4 API processes) is a tail percentile of a few seconds of load, and which prompt and
-output lengths the seed draws sets how many steps carry prompt chunks: on the H200 a probe saw the clients'
-p95 gap range over 2.18-2.81 ms across workload seeds and two fresh services at one commit, where the
-serving record's seed-0 run had 2.11 (stop 23's probe, wip/probes-stop23). One run is a sample.
+(32 streams behind 4 API processes) is a tail percentile of a few seconds of load and sits close to the
+goal's 2x, so one run is a sample, not the answer: on the H200 one device machine's probe saw the clients'
+p95 gap at 2.18-2.81 ms over twelve runs (other seeds, two fresh services), where the serving record, on
+the same kernels, had 2.11 (stop 23's probe, wip/probes-stop23).
 
 Here each of `services` fresh services (the serving record's scaled setup: the engine in its own process
 behind API server processes, the load from client processes) first serves one stream (the goal's
