@@ -11,10 +11,10 @@ behind API server processes, the load from client processes) first serves one st
 reference: 1 / tokens per second of one stream), then the goal's closed load at `seeds` workload seeds,
 each on prompts of its own (the engine as serving-bench's, without its GPU timeline: the record is about the
 clients' tail, and the timeline's events are host work of their own). Each step token budget in `step_tokens`
-gets services of its own. Every run is a
-row: the clients' gaps; the engine's own gaps and where delivery adds to them (as an API process takes a
-token off the pipe, as it writes it), from the counters' change over that run alone; the share of steps that
-carry prompts. The README reports the median and range and in how many runs the goal held.
+gets services of its own. Every run is a row: the clients' gaps; the engine's own gaps and where delivery
+adds to them (as an API process takes a token off the pipe, as it writes it), from the counters' change over
+that run alone; the share of steps that carry prompts. The README reports the median and range and in how
+many runs the goal held.
 """
 
 from __future__ import annotations
