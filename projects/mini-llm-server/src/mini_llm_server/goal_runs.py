@@ -37,7 +37,7 @@ from mini_llm_server.engine import ITL_BINS, histogram_percentile_ms
 from mini_llm_server.engine_process import ModelFactory
 from mini_llm_server.load import LoadConfig, client_pool, run_split, summarize
 from mini_llm_server.load_record import service_context
-from mini_llm_server.metrics import ROW, TAKEN, WRITTEN
+from mini_llm_server.metrics import TAKEN, WRITTEN, StreamStats
 from mini_llm_server.report import ADMISSION_DIVISOR
 from mini_llm_server.serving import ServingConfig
 
@@ -59,26 +59,22 @@ def _hist_delta(before: dict[int, int], after: dict[int, int]) -> list[int]:
     return counts
 
 
-def _cells_delta(before: list[float], after: list[float], at: int, rows: int) -> list[float]:
-    """A per-token series' histogram (TAKEN or WRITTEN) over one run, summed over the API processes."""
-    return [sum(after[r * ROW + at + k] - before[r * ROW + at + k] for r in range(rows)) for k in range(ITL_BINS)]
-
-
 def _run(servers: ApiServers, load: LoadConfig, client, processes: int) -> dict:
     """One closed load against a running service; the clients' figures and the service's over that run."""
-    engine_before, cells_before = asyncio.run(servers.engine.metrics()), list(servers.cells)
+    stats = StreamStats(servers.cells)
+    engine_before, cells_before = asyncio.run(servers.engine.metrics()), stats.snapshot()
     results, wall, client_cpu = run_split(replace(load, url=servers.url), client, processes)
-    engine_after, cells_after = asyncio.run(servers.engine.metrics()), list(servers.cells)
+    engine_after = asyncio.run(servers.engine.metrics())
     s = summarize(results, wall, client_cpu)
-    rows, steps = len(servers.api_procs), engine_after["steps"] - engine_before["steps"]
+    steps = engine_after["steps"] - engine_before["steps"]
     engine_gaps = _hist_delta(engine_before["itl_histogram"], engine_after["itl_histogram"])
     mixed = engine_after["mixed_steps"] - engine_before["mixed_steps"]
     return {
         **{k: s[k] for k in ("requests", "errors", "tokens_per_s", "itl_p50_ms", "itl_p95_ms", "itl_p99_ms",
                              "ttft_p50_ms", "ttft_p99_ms", "client_cpu_share")},
         "engine_itl_p95_ms": histogram_percentile_ms(engine_gaps, 95),
-        "taken_itl_p95_ms": histogram_percentile_ms(_cells_delta(cells_before, cells_after, TAKEN, rows), 95),
-        "written_itl_p95_ms": histogram_percentile_ms(_cells_delta(cells_before, cells_after, WRITTEN, rows), 95),
+        "taken_itl_p95_ms": stats.gap_percentile_ms(TAKEN, 95, since=cells_before),
+        "written_itl_p95_ms": stats.gap_percentile_ms(WRITTEN, 95, since=cells_before),
         "mixed_step_share": mixed / max(steps, 1),
         "mixed_step_ms": 1e3 * (engine_after["mixed_step_seconds"] - engine_before["mixed_step_seconds"])
         / max(mixed, 1),

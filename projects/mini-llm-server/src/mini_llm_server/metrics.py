@@ -83,9 +83,18 @@ class StreamStats:
         """One inter-token gap, at TAKEN or WRITTEN."""
         self.cells[self.at + at + min(int(seconds / ITL_BIN_S), ITL_BINS - 1)] += 1
 
-    def gap_percentile_ms(self, at: int, q: float) -> float:
-        """The q-th percentile of the gaps counted at TAKEN or WRITTEN, every process's, in ms."""
-        return histogram_percentile_ms(self.totals(at, at + ITL_BINS), q)
+    def gap_percentile_ms(self, at: int, q: float, since: list[float] | None = None) -> float:
+        """The q-th percentile of the gaps counted at TAKEN or WRITTEN, every process's, in ms; with `since`
+        (an earlier snapshot()), of the gaps counted after it only."""
+        counts = self.totals(at, at + ITL_BINS)
+        if since is not None:
+            earlier = StreamStats(since).totals(at, at + ITL_BINS)
+            counts = [now - then for now, then in zip(counts, earlier, strict=True)]
+        return histogram_percentile_ms(counts, q)
+
+    def snapshot(self) -> list[float]:
+        """Every process's row as of now, for gap_percentile_ms(since=...)."""
+        return self.cells[:]
 
     def totals(self, first: int = 0, end: int = ROW) -> list[float]:
         """Cells first .. end - 1 of a row, summed over every process's row."""
