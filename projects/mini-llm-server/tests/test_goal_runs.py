@@ -25,8 +25,8 @@ def test_goal_bench_at_toy_scale(parts, tmp_path):
     from mlsys_bench.record import read_record
 
     model, tok = parts
-    serving = ServingConfig(sweep_concurrency=3, requests_per_client=2, prompt_words=(2, 6), output_tokens=(3, 6),
-                            max_num_seqs=4, client_processes=2, api_servers=2)  # fmt: skip
+    serving = ServingConfig(sweep_concurrency=3, requests_per_client=2, min_requests=3, prompt_words=(2, 6),
+                            output_tokens=(3, 6), max_num_seqs=4, client_processes=2, api_servers=2)  # fmt: skip
     cfg = GoalConfig(services=1, seeds=2, step_tokens=(16, 8), batch1_requests=2, serving=serving)
     rows = measure(functools.partial(copy_of, model, tok), tok, cfg)
     assert [(r["step_tokens"], r["service"]) for r in rows] == [(16, 0), (16, 0), (8, 0), (8, 0)]

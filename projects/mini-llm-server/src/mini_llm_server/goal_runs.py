@@ -99,8 +99,9 @@ def measure(factory: ModelFactory, tok: Tokenizer, cfg: GoalConfig) -> list[dict
                     step1_ms = 1e3 / _run(servers, base, client, 1)["tokens_per_s"]
                     for seed in range(cfg.seeds):
                         # seeds of their own: a repeated prompt would hit the prefix cache and skip its prefill
-                        load = replace(base, num_requests=min(s.max_requests, s.requests_per_client * c),
-                                       concurrency=c, seed=1 + seed + 100 * service + 10_000 * budget)  # fmt: skip
+                        n = min(s.max_requests, max(s.min_requests, s.requests_per_client * c))  # as serving-bench
+                        load = replace(base, num_requests=n, concurrency=c,
+                                       seed=1 + seed + 100 * service + 10_000 * budget)  # fmt: skip
                         run = _run(servers, load, client, s.client_processes)
                         row = {"step_tokens": budget, "service": service, "seed": load.seed, "batch1_step_ms": step1_ms,
                                **run, "ratio": run["itl_p95_ms"] / step1_ms}  # fmt: skip
