@@ -45,8 +45,9 @@ def _alone(model, prompts, params=GREEDY):
         EngineConfig(num_blocks=256, block_size=4, enable_prefix_caching=False),
         EngineConfig(num_blocks=256, block_size=4, max_num_batched_tokens=7, attention_backend="triton"),
         EngineConfig(num_blocks=256, block_size=4, max_num_seqs=4, min_admission=3),
+        EngineConfig(num_blocks=256, block_size=4, max_num_batched_tokens=16, max_prefill_tokens=5),
     ],
-    ids=["continuous", "chunked", "static", "fifo", "no-prefix-cache", "paged-kernel", "admission-batching"],
+    ids=["continuous", "chunked", "static", "fifo", "no-prefix-cache", "paged-kernel", "admission", "prefill-cap"],
 )
 def test_greedy_output_matches_one_request_at_a_time(model, config):
     prompts = _prompts(9, seed=1)
@@ -114,6 +115,34 @@ def test_admission_waits_for_a_group_while_others_decode(model):
             groups.append((new, waiting))
     assert groups, "no admission happened while others were running"
     assert all(n >= 3 or w == 0 for n, w in groups), groups  # a group of 3, or the last of the queue
+
+
+def test_prefill_cap_bounds_prompt_work_while_every_stream_decodes(model):
+    # a budget that counts decodes leaves prompts what the streams do not take; the prefill cap bounds prompt
+    # work per step however many decode, and never holds a decode back
+    config = EngineConfig(num_blocks=256, block_size=4, max_num_seqs=6, max_num_batched_tokens=20, max_prefill_tokens=6)
+    engine = LLMEngine(model, config)
+    schedules = []
+    schedule = engine.scheduler.schedule
+
+    def recorded(now):
+        s = schedule(now)
+        decoding = [q for q in engine.scheduler.running if q.num_tokens - q.num_computed == 1]
+        schedules.append((s, {q.seq_id for q in decoding}))
+        return s
+
+    engine.scheduler.schedule = recorded
+    prompts = _prompts(14, seed=16)
+    assert engine.generate(prompts, GREEDY) == _alone(model, prompts)
+    prompt_work = [sum(i.num_tokens for i in s.seqs if i.num_tokens > 1) for s, _ in schedules]
+    assert max(prompt_work) == 6 and all(s.num_tokens <= 20 for s, _ in schedules), prompt_work
+    for s, decoding in schedules:  # every stream with one token to compute was in the step
+        assert decoding <= {i.seq.seq_id for i in s.seqs}
+
+
+def test_prefill_cap_must_be_positive():
+    with pytest.raises(ValueError, match="max_prefill_tokens"):
+        EngineConfig(max_prefill_tokens=0)
 
 
 def test_prefix_caching_reuses_blocks_and_stays_identical(model):

@@ -180,7 +180,12 @@ def main(argv: list[str] | None = None) -> int:
     sk.add_argument("--max-queue", type=int, default=16, help="the server's waiting-request bound")
     sub.add_parser("serving-bench", help="TTFT/ITL by policy and concurrency, then 2x overload (GPU)")
     gb = sub.add_parser("goal-bench", help="the 32-stream inter-token goal, fresh services x workload seeds (GPU)")
-    gb.add_argument("--step-tokens", type=int, nargs="+", help="step token budgets (default: GoalConfig's)")
+    gb.add_argument(
+        "--step-tokens",
+        nargs="+",
+        metavar="TOKENS[:PROMPT_TOKENS]",
+        help="step budgets: tokens per step, prompt tokens per step at most (default: GoalConfig's)",
+    )
     gb.add_argument("--label", default="", help="write goal_runs_LABEL.json, beside an earlier machine's run")
     sub.add_parser("step-bench", help="GPU time of a decode step and of steps carrying prompts, by size (GPU)")
     sub.add_parser("gc-bench", help="a full GC in the engine and API processes, before and after the freeze")
@@ -199,8 +204,13 @@ def main(argv: list[str] | None = None) -> int:
         return _serving_bench(args)
     if args.command == "goal-bench":
         from mini_llm_server.goal_runs import main as goal_bench
+        from mini_llm_server.goal_runs import parse_budget
 
-        print(f"wrote {goal_bench(tuple(args.step_tokens or ()), args.label)}")
+        try:
+            budgets = tuple(parse_budget(b) for b in args.step_tokens or ())
+        except ValueError as e:
+            ap.error(f"--step-tokens: {e}")
+        print(f"wrote {goal_bench(budgets, args.label)}")
         return 0
     if args.command == "gc-bench":
         return _gc_bench(args)

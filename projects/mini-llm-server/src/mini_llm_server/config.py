@@ -25,6 +25,11 @@ class EngineConfig:
     # earlier/serving_71e8ae5_budget_512.json, earlier/serving_52c90c2.json, earlier/serving_4828595.json,
     # earlier/serving_45c7312.json)
     max_num_batched_tokens: int = 256
+    # tokens of sequences catching up (prompt chunks, recomputation after a preemption) per step at most, on top of
+    # which the running streams' decodes take what is left of max_num_batched_tokens; None: only that budget bounds
+    # them. A budget that counts decodes gives prompts less room the more streams decode (at 128 streams and a
+    # 128-token budget, none), while this cap bounds a prompt-carrying step at any load
+    max_prefill_tokens: int | None = None
     # continuous batching: while sequences decode, wait until this many waiting requests (or all there are)
     # can be admitted together; 1 admits as soon as a seat frees. Trades a little TTFT for fewer steps that
     # mix prompts into the decode batch (each a little longer than a decode-only step).
@@ -62,6 +67,8 @@ class EngineConfig:
             )
         if self.max_num_batched_tokens < 1:
             raise ValueError(f"max_num_batched_tokens must be >= 1, got {self.max_num_batched_tokens}")
+        if self.max_prefill_tokens is not None and self.max_prefill_tokens < 1:
+            raise ValueError(f"max_prefill_tokens must be >= 1 or None, got {self.max_prefill_tokens}")
         if self.attention_backend not in ATTENTION_BACKENDS:
             raise ValueError(
                 f"attention_backend must be one of {', '.join(ATTENTION_BACKENDS)}, got {self.attention_backend!r}"

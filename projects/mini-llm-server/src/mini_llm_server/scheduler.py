@@ -3,7 +3,9 @@
 Continuous (iteration-level) batching: every step, running sequences get their next token first (decode
 is latency-critical and costs one token of budget each), then the token budget left over admits waiting
 sequences, a prompt that does not fit being computed in chunks across steps (chunked prefill) so a long
-prompt never stalls everyone's decode. Waiting sequences are taken by (priority, arrival). When the KV
+prompt never stalls everyone's decode. A sequence with more than one token to compute (a prompt chunk, a
+recomputation) also draws on the prefill budget (max_prefill_tokens), so a step's prompt work stays bounded
+however few streams decode. Waiting sequences are taken by (priority, arrival). When the KV
 pool runs out, the lowest-priority, latest-arrived running sequence is preempted: its blocks are freed
 and it goes back to the queue to be recomputed later (its prefix may still be cached).
 
@@ -78,13 +80,18 @@ class Scheduler:
             self.remove(seq)
             schedule.timed_out.append(seq)
         budget = self.config.max_num_batched_tokens
+        prefill = self.config.max_prefill_tokens or budget
         # 1. running sequences, most important first; preempt from the back of the line when blocks run out
         self.running.sort(key=lambda s: (s.priority, s.arrival))
         i = 0
         while i < len(self.running) and budget > 0:
             seq = self.running[i]
             total = seq.num_tokens
-            n = min(total - seq.num_computed, budget)
+            left = total - seq.num_computed
+            n = min(left, budget) if left == 1 else min(left, budget, prefill)
+            if n == 0:  # a prompt chunk with no prefill budget left this step: it goes on at the next
+                i += 1
+                continue
             copies = self.blocks.reserve(seq, seq.num_computed + n)
             while copies is None and self.running[-1] is not seq:
                 self._preempt(self.running[-1], schedule)
@@ -95,6 +102,7 @@ class Scheduler:
             schedule.copies += copies
             schedule.seqs.append(ScheduledSeq(seq, seq.num_computed, n, seq.num_computed + n == total))
             budget -= n
+            prefill -= n if left > 1 else 0
             i += 1
         # 2. waiting sequences, while budget, batch slots and blocks last
         if self.config.policy == "static" and self.running:
@@ -108,11 +116,13 @@ class Scheduler:
             return schedule
         self.waiting.sort(key=lambda s: (s.priority, s.arrival))
         static = self.config.policy == "static"  # a static batch is formed whole; its prompts fill in over steps
-        while self.waiting and (budget > 0 or static) and len(self.running) < limit and not schedule.preempted:
+        while (self.waiting and (min(budget, prefill) > 0 or static) and len(self.running) < limit
+               and not schedule.preempted):  # fmt: skip
             seq = self.waiting[0]
             self.blocks.admit(seq)
             total = seq.num_tokens
-            n = min(total - seq.num_computed, budget)
+            left = total - seq.num_computed
+            n = min(left, budget) if left == 1 else min(left, budget, prefill)
             copies = self.blocks.reserve(seq, seq.num_computed + n)
             if copies is None:
                 self.blocks.free(seq)
@@ -125,6 +135,7 @@ class Scheduler:
             if n:
                 schedule.seqs.append(ScheduledSeq(seq, seq.num_computed, n, seq.num_computed + n == total))
             budget -= n
+            prefill -= n if left > 1 else 0
         return schedule
 
     # end-excerpt
