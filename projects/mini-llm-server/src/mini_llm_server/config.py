@@ -28,7 +28,10 @@ class EngineConfig:
     # tokens of sequences catching up (prompt chunks, recomputation after a preemption) per step at most, on top of
     # which the running streams' decodes take what is left of max_num_batched_tokens; None: only that budget bounds
     # them. A budget that counts decodes gives prompts less room the more streams decode (at 128 streams and a
-    # 128-token budget, none), while this cap bounds a prompt-carrying step at any load
+    # 128-token budget, none), while this cap bounds a prompt-carrying step at any load. Not the default: on the
+    # H200 at 740828d (results/h200/goal_runs_machine3.json) a 96-token cap within 256 met the 32-stream goal in
+    # 10 of 12 runs (256 uncapped: 12 of 12) and streamed 27% fewer tokens/s at 128 streams (a 128-token budget:
+    # 32% fewer), its seats refilling slowly (p99 TTFT 418 and 434 ms against 219)
     max_prefill_tokens: int | None = None
     # continuous batching: while sequences decode, wait until this many waiting requests (or all there are)
     # can be admitted together; 1 admits as soon as a seat frees. Trades a little TTFT for fewer steps that
