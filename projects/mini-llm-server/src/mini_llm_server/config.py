@@ -24,7 +24,7 @@ class EngineConfig:
     # the eighth it led by 11%, the GPU 88% busy with 512; in the ninth it trailed by 6%, the GPU 99% busy at both
     # (results/h200/serving.json and its history in git; earlier/serving_71e8ae5_budget_512.json,
     # earlier/serving_52c90c2.json, earlier/serving_4828595.json, earlier/serving_45c7312.json,
-    # earlier/serving_d97b9ec.json). Smaller budgets cost more at 128 streams: max_prefill_tokens below
+    # earlier/serving_d97b9ec.json). What smaller budgets cost at 128 streams: see max_prefill_tokens below
     max_num_batched_tokens: int = 256
     # tokens of sequences catching up (prompt chunks, recomputation after a preemption) per step at most, on top of
     # which the running streams' decodes take what is left of max_num_batched_tokens; None: only that budget bounds
