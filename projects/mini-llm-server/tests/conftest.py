@@ -37,3 +37,36 @@ def hang_up_mid_stream():
             time.sleep(0.05)
 
     return hang_up
+
+
+@pytest.fixture(scope="module")
+def stack(parts):
+    """A service on a real uvicorn server on loopback, its engine in-process (queue bound 4)."""
+    from mini_llm_server import EngineConfig, LLMEngine
+    from mini_llm_server.api import ServiceConfig, create_app, serve_in_thread
+    from mini_llm_server.async_engine import AsyncEngine
+
+    model, tok = parts
+    engine = LLMEngine(model, EngineConfig(num_blocks=256, block_size=8))
+    server, thread, url = serve_in_thread(
+        create_app(AsyncEngine(engine), tok, ServiceConfig(model_name="test", max_queue=4))
+    )
+    yield {"url": url, "engine": engine, "model": model, "tok": tok}
+    server.should_exit = True
+    thread.join(timeout=5)
+
+
+@pytest.fixture(scope="module")
+def reference_text(parts):
+    """The text a fresh engine generates for one prompt alone: reference_text(ids, max_new_tokens, **sampling)."""
+    from mini_llm_server import EngineConfig, LLMEngine
+    from tinyllm.sampling import SamplingParams
+
+    model, tok = parts
+
+    def generate(ids: list[int], max_new_tokens: int, temperature: float = 0.0, **sampling) -> str:
+        ref = LLMEngine(model, EngineConfig(num_blocks=64, block_size=8))
+        params = SamplingParams(temperature=temperature, max_new_tokens=max_new_tokens, **sampling)
+        return tok.decode(ref.generate([ids], params)[0])
+
+    return generate

@@ -19,26 +19,9 @@ from mini_llm_server.chat_template import load_chat_template, render_chat  # noq
 from tinyllm.sampling import SamplingParams  # noqa: E402
 
 
-@pytest.fixture(scope="module")
-def stack(parts):
-    model, tok = parts
-    engine = LLMEngine(model, EngineConfig(num_blocks=256, block_size=8))
-    server, thread, url = serve_in_thread(
-        create_app(AsyncEngine(engine), tok, ServiceConfig(model_name="test", max_queue=4))
-    )
-    yield {"url": url, "engine": engine, "model": model, "tok": tok}
-    server.should_exit = True
-    thread.join(timeout=5)
-
-
-def _expected(stack, prompt_ids, n):
-    ref = LLMEngine(stack["model"], EngineConfig(num_blocks=64, block_size=8))
-    return stack["tok"].decode(ref.generate([prompt_ids], SamplingParams(temperature=0.0, max_new_tokens=n))[0])
-
-
-def test_openai_client_completions_plain_and_streamed(stack):
+def test_openai_client_completions_plain_and_streamed(stack, reference_text):
     client = openai.OpenAI(base_url=stack["url"] + "/v1", api_key="unused")
-    expected = _expected(stack, stack["tok"].encode("hello world"), 12)
+    expected = reference_text(stack["tok"].encode("hello world"), 12)
     r = client.completions.create(model="test", prompt="hello world", max_tokens=12, temperature=0)
     assert r.choices[0].text == expected and r.choices[0].finish_reason == "length"
     assert r.usage.prompt_tokens == len(stack["tok"].encode("hello world")) and r.usage.completion_tokens == 12
@@ -54,10 +37,10 @@ def test_openai_client_completions_plain_and_streamed(stack):
     assert [m.id for m in client.models.list().data] == ["test"]
 
 
-def test_openai_client_chat_plain_and_streamed(stack):
+def test_openai_client_chat_plain_and_streamed(stack, reference_text):
     client = openai.OpenAI(base_url=stack["url"] + "/v1", api_key="unused")
     messages = [{"role": "user", "content": "say hello"}]
-    expected = _expected(stack, stack["tok"].encode(render_chat(messages, None)), 10)
+    expected = reference_text(stack["tok"].encode(render_chat(messages, None)), 10)
     r = client.chat.completions.create(model="test", messages=messages, max_tokens=10, temperature=0)
     assert r.choices[0].message.content == expected and r.choices[0].message.role == "assistant"
     stream = client.chat.completions.create(model="test", messages=messages, max_tokens=10, temperature=0,
@@ -88,8 +71,8 @@ def test_malformed_json_is_a_400(stack):
     assert r.status_code == 400 and "error" in r.json()
 
 
-def test_stop_string_cuts_the_text(stack):
-    full = _expected(stack, stack["tok"].encode("hello"), 16)
+def test_stop_string_cuts_the_text(stack, reference_text):
+    full = reference_text(stack["tok"].encode("hello"), 16)
     stop = full[4:6]
     body = {"model": "test", "prompt": "hello", "max_tokens": 16, "temperature": 0, "stop": stop}
     r = httpx.post(stack["url"] + "/v1/completions", json=body)
@@ -112,7 +95,7 @@ def test_disconnect_mid_stream_frees_blocks(stack):
     assert stack["engine"].tokens_generated - before < 500  # aborted early, not run to its 1000 tokens
 
 
-def test_overload_gets_429_and_every_accepted_request_completes(stack):
+def test_overload_gets_429_and_every_accepted_request_completes(stack, reference_text):
     async def main():
         async with httpx.AsyncClient(base_url=stack["url"], timeout=60) as client:
             body = {"model": "test", "prompt": "the quick brown fox", "max_tokens": 24, "temperature": 0}
@@ -121,7 +104,7 @@ def test_overload_gets_429_and_every_accepted_request_completes(stack):
     responses = asyncio.run(main())
     codes = [r.status_code for r in responses]
     assert set(codes) <= {200, 429} and 429 in codes and 200 in codes
-    expected = _expected(stack, stack["tok"].encode("the quick brown fox"), 24)
+    expected = reference_text(stack["tok"].encode("the quick brown fox"), 24)
     assert all(r.json()["choices"][0]["text"] == expected for r in responses if r.status_code == 200)
     assert all(r.headers["retry-after"] == "1" for r in responses if r.status_code == 429)
     metrics = httpx.get(stack["url"] + "/metrics").text

@@ -4,12 +4,18 @@ events or not), `/v1/models`, `/health` and Prometheus `/metrics`, in front of o
 Admission control happens before a request touches the engine: past `max_queue` waiting requests, or
 when requests already wait and the free KV blocks cannot hold their prompts and this one, the answer is
 429 with Retry-After, never an unbounded queue. Shutdown is uvicorn's: it stops accepting connections and
-lets open responses finish, and the engine keeps stepping until they have. A client that disconnects mid-stream ends its
-generator, which aborts the request and frees its blocks before the next engine step.
+lets open responses finish, and the engine keeps stepping until they have. A client that disconnects
+mid-stream ends its generator, which aborts the request and frees its blocks before the next engine step.
+
+A request for n choices is n requests to the engine, their tokens merged into one response as they come.
+What a body may hold is protocol.py's. An error once a stream has begun (a deadline passed) cannot be a
+status code any more: it is sent as an event with OpenAI's error body, then `[DONE]`, which OpenAI's own
+client raises as an error.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sys
 import threading
@@ -18,14 +24,12 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Literal
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from jinja2.exceptions import TemplateError
 from prometheus_client import generate_latest
-from pydantic import BaseModel, Field
 from tinyllm.sampling import SamplingParams
 from tinyllm.tokenizer import Tokenizer
 
@@ -34,6 +38,7 @@ from mini_llm_server.chat_template import render_chat
 from mini_llm_server.detokenizer import IncrementalDetokenizer
 from mini_llm_server.engine_process import EngineClient
 from mini_llm_server.metrics import ITL, TAKEN, TTFT, WRITTEN, Metrics, StreamStats
+from mini_llm_server.protocol import ApiError, ChatRequest, CompletionRequest
 
 # How often a stream asks whether its client is gone. Under uvicorn (ASGI 2.3) Starlette cancels a stream the
 # moment its client disconnects; the question is the fallback for servers where it does not, and each ask
@@ -52,44 +57,24 @@ class ServiceConfig:
     switch_interval_s: float = 0.0005
 
 
-class StreamOptions(BaseModel):
-    include_usage: bool = False  # a last chunk, before [DONE], with no choices and the request's token counts
+def _error(exc: ApiError) -> JSONResponse:
+    return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
 
 
-class CompletionRequest(BaseModel):
-    model: str
-    prompt: str | list[int]
-    max_tokens: int = Field(16, ge=1)
-    temperature: float = Field(1.0, ge=0.0, le=2.0)
-    top_p: float = Field(1.0, gt=0.0, le=1.0)
-    top_k: int = Field(0, ge=0)  # an extension, as vLLM's
-    seed: int | None = None
-    stop: str | list[str] | None = None
-    stream: bool = False
-    timeout: float | None = Field(None, gt=0.0)  # seconds; an extension: the request ends with an error past it
-    stream_options: StreamOptions | None = None
-
-
-class ChatMessage(BaseModel):
-    role: Literal["system", "user", "assistant"]
-    content: str
-
-
-class ChatRequest(CompletionRequest):
-    prompt: str | list[int] = ""  # unused: chat requests carry messages
-    messages: list[ChatMessage] = Field(min_length=1)
-
-
-class ApiError(Exception):
-    def __init__(self, status: int, message: str, param: str | None = None, headers: dict | None = None) -> None:
-        super().__init__(message)
-        self.status, self.message, self.param, self.headers = status, message, param, headers or {}
-
-
-def _error(status: int, message: str, param: str | None = None, headers: dict | None = None) -> JSONResponse:
-    kind = {400: "invalid_request_error", 404: "not_found_error", 429: "rate_limit_error"}.get(status, "server_error")
-    body = {"error": {"message": message, "type": kind, "param": param, "code": status}}
-    return JSONResponse(body, status_code=status, headers=headers)
+def _validation_error(exc: RequestValidationError) -> ApiError:
+    """The first thing pydantic found wrong with a body, as a 400 naming the field."""
+    first = exc.errors()[0] if exc.errors() else {}
+    if first.get("type") == "json_invalid":
+        return ApiError(400, f"invalid JSON body: {first.get('ctx', {}).get('error', first.get('msg'))}")
+    loc = tuple(first.get("loc", ()))
+    field = ".".join(str(p) for p in (loc[1:] if loc[:1] == ("body",) else loc)) or None
+    if first.get("type") == "extra_forbidden":
+        message = "unrecognized request argument"
+    elif first.get("type") == "value_error":  # a validator's own words, without pydantic's "Value error, "
+        message = str(first["ctx"]["error"])
+    else:
+        message = first.get("msg", "invalid request")
+    return ApiError(400, f"{field}: {message}" if field else f"request body: {message}", field)
 
 
 def create_app(
@@ -115,13 +100,11 @@ def create_app(
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError):
-        return _error(exc.status, exc.message, exc.param, exc.headers)
+        return _error(exc)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError):
-        first = exc.errors()[0] if exc.errors() else {}
-        field = ".".join(str(p) for p in first.get("loc", ())[1:]) or None
-        return _error(400, f"{field}: {first.get('msg', 'invalid request')}" if field else "invalid JSON body", field)
+        return _error(_validation_error(exc))
 
     @app.get("/health")
     async def health():
@@ -136,145 +119,214 @@ def create_app(
         metrics.update(await engine.metrics())
         return Response(generate_latest(metrics.registry), media_type="text/plain; version=0.0.4")
 
-    def _params(req: CompletionRequest) -> SamplingParams:
-        return SamplingParams(temperature=req.temperature, top_k=req.top_k, top_p=req.top_p, seed=req.seed,
-                              max_new_tokens=req.max_tokens)  # fmt: skip
+    def _params(req: CompletionRequest | ChatRequest, choice: int) -> SamplingParams:
+        seed = None if req.seed is None else req.seed + choice
+        return SamplingParams(temperature=req.temperature, top_k=req.top_k, top_p=req.top_p, seed=seed,
+                              max_new_tokens=req.max_new_tokens())  # fmt: skip
 
-    def _admit(req: CompletionRequest, prompt: str | list[int]) -> list[int]:
+    def _admit(req: CompletionRequest | ChatRequest, prompt: str | list[int]) -> list[int]:
         if req.model != config.model_name:
             raise ApiError(404, f"model: unknown model {req.model!r}; this server serves {config.model_name!r}",
                            "model")  # fmt: skip
+        req.check()
+        if req.n > config.max_queue:  # a 429 would have the client retry something never admitted
+            raise ApiError(400, f"n: {req.n} choices are more than this server queues ({config.max_queue})", "n")
         ids = tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
         busy = None
         waiting = engine.waiting_lengths()
-        if len(waiting) >= config.max_queue:
-            busy = f"server overloaded: {config.max_queue} requests already waiting"
+        if len(waiting) + req.n > config.max_queue:
+            busy = f"server overloaded: {len(waiting)} requests already waiting (at most {config.max_queue})"
         elif waiting:  # requests already queue for memory: admit only what the free KV blocks hold
             bs = engine.block_size
-            demand = sum(-(-n // bs) for n in waiting) + -(-len(ids) // bs)
+            demand = sum(-(-n // bs) for n in waiting) + req.n * -(-len(ids) // bs)
             if demand > engine.num_free_blocks():
-                busy = f"server overloaded: the KV cache cannot hold the {len(waiting) + 1} waiting prompts"
+                busy = f"server overloaded: the KV cache cannot hold the {len(waiting) + req.n} waiting prompts"
         if busy:
             stats.reject()
             raise ApiError(429, busy, headers={"Retry-After": str(config.retry_after_s)})
         return ids
 
-    async def _run(req: CompletionRequest, ids: list[int]) -> AsyncIterator[tuple[str, str | None, int]]:
-        """(text delta, finish reason or None, tokens so far) as tokens arrive; the engine ends the request on
-        a stop string, and the text is cut before it."""
-        stops = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
+    async def _run(
+        req: CompletionRequest | ChatRequest, ids: list[int], choice: int, arrived: float
+    ) -> AsyncIterator[tuple[str, str | None, int]]:
+        """One choice's (text delta, finish reason or None, tokens so far) as its tokens arrive; the engine ends
+        the request on a stop string, and the text is cut before it. `arrived`: when the request came in, the
+        start of its time to first token."""
+        stops = req.stops()
         try:
-            stream = engine.stream(ids, _params(req), timeout=req.timeout, stop=stops, detokenize=tokenizer.decode)
+            stream = engine.stream(ids, _params(req, choice), timeout=req.timeout, stop=stops,
+                                   detokenize=tokenizer.decode)  # fmt: skip
             first = await anext(stream)  # the engine validates the request here (length, vocabulary)
         except ValueError as e:
             field = str(e).split(":", 1)[0]
             raise ApiError(400, str(e), field if field in ("prompt", "timeout") else None) from None
-        sent, t_start, t_last = "", time.perf_counter(), None
+        sent, t_last = "", None
         text_stream = IncrementalDetokenizer(tokenizer)
         out = first
-        while True:
-            now = time.perf_counter()
-            if out.new_tokens:
-                stats.add_tokens(len(out.new_tokens))
-                stats.observe(TTFT if t_last is None else ITL, now - (t_start if t_last is None else t_last))
-                if t_last is not None:
-                    stats.gap(TAKEN, now - t_last)
-                t_last = now
-            if out.finished:
-                # the engine ended it on a stop string (or stop token): the text stops before the string
-                text = tokenizer.decode(out.output)
-                text = text[: min((text.find(s) for s in stops if s and s in text), default=len(text))]
-                reason = {"length": "length", "context": "length", "stop": "stop"}.get(out.finish_reason)
-                if reason is None:
-                    raise ApiError(408 if out.finish_reason == "timeout" else 500,
-                                   f"request ended: {out.finish_reason}")  # fmt: skip
-                yield text[len(sent) :], reason, len(out.output)
-                return
-            delta = text_stream.new_text(out.output)
-            if delta:
-                yield delta, None, len(out.output)
-                sent += delta
-            out = await anext(stream)
+        try:
+            while True:
+                now = time.perf_counter()
+                if out.new_tokens:
+                    stats.add_tokens(len(out.new_tokens))
+                    stats.observe(TTFT if t_last is None else ITL, now - (arrived if t_last is None else t_last))
+                    if t_last is not None:
+                        stats.gap(TAKEN, now - t_last)
+                    t_last = now
+                if out.finished:
+                    # the engine ended it on a stop string (or stop token): the text stops before the string
+                    text = tokenizer.decode(out.output)
+                    text = text[: min((text.find(s) for s in stops if s and s in text), default=len(text))]
+                    reason = {"length": "length", "context": "length", "stop": "stop"}.get(out.finish_reason)
+                    if out.finish_reason == "timeout":
+                        raise ApiError(408, f"timeout: the request ran past its deadline of {req.timeout} s", "timeout")
+                    if reason is None:
+                        raise ApiError(500, f"request ended: {out.finish_reason}")
+                    yield text[len(sent) :], reason, len(out.output)
+                    return
+                delta = text_stream.new_text(out.output)
+                if delta:
+                    yield delta, None, len(out.output)
+                    sent += delta
+                out = await anext(stream)
+        finally:  # closed early (a client gone, another choice failed): the engine aborts the request
+            await stream.aclose()
 
-    async def _respond(req: CompletionRequest, ids: list[int], chat: bool, request: Request):
+    async def _respond(req: CompletionRequest | ChatRequest, ids: list[int], chat: bool, request: Request,
+                       arrived: float):  # fmt: skip
         rid = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}"
-        if req.stream_options is not None and not req.stream:
-            raise ApiError(400, "stream_options: only allowed when stream is true", "stream_options")
         created = int(time.time())
         kind = "chat.completion" if chat else "text_completion"
 
-        def choice(delta: str, reason: str | None, streaming: bool) -> dict:
+        def choice(i: int, delta: str, reason: str | None, streaming: bool) -> dict:
             if not chat:
-                return {"index": 0, "text": delta, "logprobs": None, "finish_reason": reason}
+                return {"index": i, "text": delta, "logprobs": None, "finish_reason": reason}
             body = {"role": "assistant", "content": delta}
-            return {"index": 0, ("delta" if streaming else "message"): body, "finish_reason": reason}
+            return {"index": i, ("delta" if streaming else "message"): body, "finish_reason": reason}
+
+        def usage(counts: list[int]) -> dict:
+            return {"prompt_tokens": len(ids), "completion_tokens": sum(counts), "total_tokens": len(ids) + sum(counts)}
+
+        choices = [_run(req, ids, i, arrived) for i in range(req.n)]
+        # errors (400, or 408 before a first token) surface as a status code before the stream starts
+        firsts = await first_items(choices)
 
         if not req.stream:
-            text, reason, n = "", None, 0
-            async for delta, r, count in _run(req, ids):
-                text, reason, n = text + delta, r, count
-            usage = {"prompt_tokens": len(ids), "completion_tokens": n}
-            usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
+            texts, reasons, counts = [""] * req.n, [None] * req.n, [0] * req.n
+            async for i, (delta, reason, count) in merged(choices, firsts):
+                texts[i], reasons[i], counts[i] = texts[i] + delta, reason, count
             return {"id": rid, "object": kind, "created": created, "model": config.model_name,
-                    "choices": [choice(text, reason, False)], "usage": usage}  # fmt: skip
+                    "choices": [choice(i, texts[i], reasons[i], False) for i in range(req.n)],
+                    "usage": usage(counts)}  # fmt: skip
 
-        gen = _run(req, ids)
-        first = await anext(gen)  # errors (400, 408) surface as a status code before the stream starts
-
-        # Every chunk of a stream is the same JSON but for its text and finish reason: serialised once with
-        # markers in their place, and filled in per event (a json.dumps of the nested dict per token was a
-        # visible share of the HTTP process's CPU per token).
+        # Every chunk of a stream is the same JSON but for its text and finish reason: serialised once per
+        # choice with markers in their place, and filled in per event (a json.dumps of the nested dict per token
+        # was a visible share of the HTTP process's CPU per token).
         header = {"id": rid, "object": "chat.completion.chunk" if chat else "text_completion", "created": created,
                   "model": config.model_name}  # fmt: skip
         text_mark, reason_mark = "\x00text", "\x00reason"
-        head, rest = json.dumps({**header, "choices": [choice(text_mark, reason_mark, True)]}).split(
-            json.dumps(text_mark)
-        )
-        middle, tail = rest.split(json.dumps(reason_mark))
+        templates = []
+        for i in range(req.n):
+            head, rest = json.dumps({**header, "choices": [choice(i, text_mark, reason_mark, True)]}).split(
+                json.dumps(text_mark)
+            )
+            templates.append((head, *rest.split(json.dumps(reason_mark))))
 
         async def events():
+            counts, written, last_check = [0] * req.n, [None] * req.n, time.perf_counter()
+            items = merged(choices, firsts)
             try:
-                item, last_check, written = first, time.perf_counter(), None
-                while True:
-                    delta, reason, count = item
+                async for i, (delta, reason, count) in items:
+                    head, middle, tail = templates[i]
                     finish = "null" if reason is None else json.dumps(reason)
                     yield f"data: {head}{json.dumps(delta)}{middle}{finish}{tail}\n\n"
+                    counts[i] = count
                     now = time.perf_counter()  # back here once the event is written to the socket
-                    if written is not None:
-                        stats.gap(WRITTEN, now - written)
-                    written = now
-                    if reason is not None:
-                        if req.stream_options is not None and req.stream_options.include_usage:
-                            usage = {"prompt_tokens": len(ids), "completion_tokens": count,
-                                     "total_tokens": len(ids) + count}  # fmt: skip
-                            yield f"data: {json.dumps({**header, 'choices': [], 'usage': usage})}\n\n"
-                        break
+                    if written[i] is not None:
+                        stats.gap(WRITTEN, now - written[i])
+                    written[i] = now
                     # Starlette cancels this generator when the client goes (ASGI < 2.4, uvicorn's); where a
                     # write to a closed socket may not raise, ask, but not per token: asking costs a task switch
                     if now - last_check > DISCONNECT_CHECK_S:
                         if await request.is_disconnected():
-                            break
+                            return
                         last_check = now
-                    item = await anext(gen)
-                yield "data: [DONE]\n\n"
+                if req.stream_options is not None and req.stream_options.include_usage:
+                    yield f"data: {json.dumps({**header, 'choices': [], 'usage': usage(counts)})}\n\n"
+            except ApiError as e:  # it ended in an error once streaming (a deadline): said as an event, as OpenAI does
+                yield f"data: {json.dumps(e.body())}\n\n"
             finally:
-                await gen.aclose()  # a disconnected client lands here: the engine request is aborted
+                await items.aclose()  # a disconnected client lands here: every choice still running is aborted
+            yield "data: [DONE]\n\n"
 
         return StreamingResponse(events(), media_type="text/event-stream")
 
     @app.post("/v1/completions")
     async def completions(req: CompletionRequest, request: Request):
-        return await _respond(req, _admit(req, req.prompt), False, request)
+        arrived = time.perf_counter()
+        return await _respond(req, _admit(req, req.prompt), False, request, arrived)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(req: ChatRequest, request: Request):
+        arrived = time.perf_counter()
         try:
-            prompt = render_chat([m.model_dump() for m in req.messages], config.chat_template)
+            prompt = render_chat([m.for_template() for m in req.messages], config.chat_template)
         except TemplateError as e:
             raise ApiError(400, f"messages: the chat template refused them: {e}", "messages") from e
-        return await _respond(req, _admit(req, prompt), True, request)
+        return await _respond(req, _admit(req, prompt), True, request, arrived)
 
     return app
+
+
+async def first_items(gens: list[AsyncIterator]) -> list:
+    """Each generator's first item, awaited together; on an error every one of them is closed (a choice's
+    request aborted) and the first error raised."""
+    try:
+        if len(gens) == 1:
+            return [await anext(gens[0])]
+        async with asyncio.TaskGroup() as group:
+            tasks = [group.create_task(_next(g)) for g in gens]
+        return [t.result() for t in tasks]
+    except BaseException as e:
+        for g in gens:
+            await g.aclose()
+        if isinstance(e, BaseExceptionGroup):
+            raise e.exceptions[0] from None
+        raise
+
+
+async def _next(gen: AsyncIterator):
+    return await anext(gen)
+
+
+async def merged(gens: list[AsyncIterator], firsts: list) -> AsyncIterator[tuple[int, object]]:
+    """(index, item) from every generator as items arrive, after their first items (first_items'); closes
+    them all when done, on an error, or when itself closed early (a client gone), which aborts every choice
+    still running."""
+    pending: dict[asyncio.Future, int] = {}
+    try:
+        for i, item in enumerate(firsts):
+            yield i, item
+        if len(gens) == 1:  # the common case, without a task per item
+            async for item in gens[0]:
+                yield 0, item
+            return
+        pending = {asyncio.ensure_future(anext(g)): i for i, g in enumerate(gens)}
+        while pending:
+            done, _ = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                i = pending.pop(task)
+                try:
+                    item = task.result()
+                except StopAsyncIteration:
+                    continue
+                yield i, item
+                pending[asyncio.ensure_future(anext(gens[i]))] = i
+    finally:
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        for g in gens:
+            await g.aclose()
 
 
 def serve_in_thread(app) -> tuple[object, threading.Thread, str]:

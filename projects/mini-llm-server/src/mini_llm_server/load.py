@@ -80,6 +80,9 @@ async def one_request(client: httpx.AsyncClient, body: dict) -> Result:
                 if not line.startswith("data: ") or line == "data: [DONE]":
                     continue
                 chunk = json.loads(line[6:])
+                if "error" in chunk:  # the server ended the stream with an error (a deadline, the engine gone)
+                    res.error = str(chunk["error"].get("message"))[:200]
+                    break
                 if chunk.get("usage"):  # the last chunk: the count, since a text chunk may carry several tokens
                     res.tokens = chunk["usage"]["completion_tokens"]
                 elif chunk["choices"][0]["text"]:  # inter-token gaps are gaps between chunks that carry text

@@ -4,10 +4,10 @@ For a fixed time, Poisson arrivals at a rate above what the server sustains send
 and a random fraction of the clients hang up after a few tokens. Every request must end in one of three
 ways: the exact greedy text the engine gives that prompt alone, with a finish reason and `[DONE]`
 (ok); HTTP 429 with Retry-After (rejected); or the client's own hang-up (disconnected). Anything else
-counts against the server: a connection error, another status, a stream without `[DONE]` (lost), or a
-different text (corrupted). Afterwards the engine must drain to nothing running or waiting with no KV
-block in use, and the block manager's books must balance. The client keeps at most `max_in_flight`
-streams open, so the soak is bounded whatever the server does.
+counts against the server: a connection error, another status, a stream that ends in an error event or
+without `[DONE]` (lost), or a different text (corrupted). Afterwards the engine must drain to nothing
+running or waiting with no KV block in use, and the block manager's books must balance. The client keeps
+at most `max_in_flight` streams open, so the soak is bounded whatever the server does.
 """
 
 from __future__ import annotations
@@ -70,7 +70,10 @@ async def _one(client: httpx.AsyncClient, body: dict, hang_up_after: int | None,
                     continue
                 if line == "data: [DONE]":
                     return ("ok" if "".join(text) == expected else "corrupted") if reason else "lost"
-                choice = json.loads(line[6:])["choices"][0]
+                chunk = json.loads(line[6:])
+                if "error" in chunk:  # the server gave up on it
+                    return "lost"
+                choice = chunk["choices"][0]
                 text.append(choice["text"])
                 reason = choice.get("finish_reason") or reason
                 chunks += 1
