@@ -40,6 +40,12 @@ def _refusal(url: str, path: str, body: dict) -> dict:
         ({"suffix": "}"}, "suffix", "not supported"),
         ({"best_of": 3}, "best_of", "only equal to n"),
         ({"frobnicate": 1}, "frobnicate", "unrecognized request argument"),
+        ({"prompt": 5}, "prompt", "a prompt is a string or a list of token ids"),
+        ({"prompt": []}, "prompt", "a prompt is a string or a list of token ids"),
+        ({"prompt": ["a", [1, "b"]]}, "prompt", "a batch a non-empty list of either"),
+        ({"prompt": ["a", "b", "c"], "n": 2}, "prompt", "6 choices (3 prompts x n=2)"),
+        ({"stop": 3}, "stop", "valid list"),
+        ({"stop": ["a", 3]}, "stop.1", "valid string"),
         ({"stream_options": {"include_usage": True, "x": 1}, "stream": True}, "stream_options.x", "unrecognized"),
     ],
 )
@@ -112,6 +118,21 @@ def test_n_choices_are_requests_of_their_own(stack, reference_text):
     r = client.chat.completions.create(model="test", messages=messages, max_tokens=6, temperature=0, n=2)
     expected = reference_text(stack["tok"].encode(render_chat(messages, None)), 6)
     assert [c.message.content for c in r.choices] == [expected, expected]
+
+
+def test_a_batch_of_prompts_gets_n_choices_each(stack, reference_text):
+    client = openai.OpenAI(base_url=stack["url"] + "/v1", api_key="unused")
+    prompts = [stack["tok"].encode("hello world"), stack["tok"].encode("the quick")]
+    want = [reference_text(ids, 6) for ids in prompts]
+    for prompt in (["hello world", "the quick"], prompts):  # as text, and as token ids
+        r = client.completions.create(model="test", prompt=prompt, max_tokens=6, temperature=0, n=2)
+        assert [(c.index, c.text) for c in r.choices] == [(0, want[0]), (1, want[0]), (2, want[1]), (3, want[1])]
+        assert r.usage.prompt_tokens == sum(map(len, prompts)) and r.usage.completion_tokens == 24
+    texts = [""] * 2
+    for chunk in client.completions.create(model="test", prompt=["hello world", "the quick"], max_tokens=6,
+                                           temperature=0, stream=True):  # fmt: skip
+        texts[chunk.choices[0].index] += chunk.choices[0].text
+    assert texts == want
 
 
 def test_a_client_that_hangs_up_on_n_streams_aborts_them_all(stack):

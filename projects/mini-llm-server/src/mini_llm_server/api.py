@@ -7,7 +7,8 @@ when requests already wait and the free KV blocks cannot hold their prompts and 
 lets open responses finish, and the engine keeps stepping until they have. A client that disconnects
 mid-stream ends its generator, which aborts the request and frees its blocks before the next engine step.
 
-A request for n choices is n requests to the engine, their tokens merged into one response as they come.
+A request for n choices (of each prompt in a batch) is as many requests to the engine, their tokens merged
+into one response as they come.
 What a body may hold is protocol.py's. An error once a stream has begun (a deadline passed) cannot be a
 status code any more: it is sent as an event with OpenAI's error body, then `[DONE]`, which OpenAI's own
 client raises as an error.
@@ -124,23 +125,29 @@ def create_app(
         return SamplingParams(temperature=req.temperature, top_k=req.top_k, top_p=req.top_p, seed=seed,
                               max_new_tokens=req.max_new_tokens())  # fmt: skip
 
-    def _admit(req: CompletionRequest | ChatRequest, prompt: str | list[int]) -> list[int]:
+    def _admit(req: CompletionRequest | ChatRequest, prompts: list[str | list[int]]) -> list[list[int]]:
+        """The prompts' token ids, once the request is known to be served now: each prompt's n choices are as
+        many requests to the engine, and all of them must fit in the queue (and the free KV blocks, when
+        requests already wait for memory)."""
         if req.model != config.model_name:
             raise ApiError(404, f"model: unknown model {req.model!r}; this server serves {config.model_name!r}",
                            "model")  # fmt: skip
         req.check()
-        if req.n > config.max_queue:  # a 429 would have the client retry something never admitted
-            raise ApiError(400, f"n: {req.n} choices are more than this server queues ({config.max_queue})", "n")
-        ids = tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
+        asked = len(prompts) * req.n
+        if asked > config.max_queue:  # a 429 would have the client retry something never admitted
+            field = "n" if len(prompts) == 1 else "prompt"
+            raise ApiError(400, f"{field}: {asked} choices ({len(prompts)} prompts x n={req.n}) are more than this "
+                           f"server queues ({config.max_queue})", field)  # fmt: skip
+        ids = [tokenizer.encode(p) if isinstance(p, str) else list(p) for p in prompts]
         busy = None
         waiting = engine.waiting_lengths()
-        if len(waiting) + req.n > config.max_queue:
+        if len(waiting) + asked > config.max_queue:
             busy = f"server overloaded: {len(waiting)} requests already waiting (at most {config.max_queue})"
         elif waiting:  # requests already queue for memory: admit only what the free KV blocks hold
             bs = engine.block_size
-            demand = sum(-(-n // bs) for n in waiting) + req.n * -(-len(ids) // bs)
+            demand = sum(-(-n // bs) for n in waiting) + req.n * sum(-(-len(p) // bs) for p in ids)
             if demand > engine.num_free_blocks():
-                busy = f"server overloaded: the KV cache cannot hold the {len(waiting) + req.n} waiting prompts"
+                busy = f"server overloaded: the KV cache cannot hold the {len(waiting) + asked} waiting prompts"
         if busy:
             stats.reject()
             raise ApiError(429, busy, headers={"Retry-After": str(config.retry_after_s)})
@@ -152,7 +159,7 @@ def create_app(
         """One choice's (text delta, finish reason or None, tokens so far) as its tokens arrive; the engine ends
         the request on a stop string, and the text is cut before it. `arrived`: when the request came in, the
         start of its time to first token."""
-        stops = req.stops()
+        stops = req.stop or []
         try:
             stream = engine.stream(ids, _params(req, choice), timeout=req.timeout, stop=stops,
                                    detokenize=tokenizer.decode)  # fmt: skip
@@ -191,7 +198,7 @@ def create_app(
         finally:  # closed early (a client gone, another choice failed): the engine aborts the request
             await stream.aclose()
 
-    async def _respond(req: CompletionRequest | ChatRequest, ids: list[int], chat: bool, request: Request,
+    async def _respond(req: CompletionRequest | ChatRequest, prompts: list[list[int]], chat: bool, request: Request,
                        arrived: float):  # fmt: skip
         rid = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}"
         created = int(time.time())
@@ -203,19 +210,24 @@ def create_app(
             body = {"role": "assistant", "content": delta}
             return {"index": i, ("delta" if streaming else "message"): body, "finish_reason": reason}
 
-        def usage(counts: list[int]) -> dict:
-            return {"prompt_tokens": len(ids), "completion_tokens": sum(counts), "total_tokens": len(ids) + sum(counts)}
+        prompt_tokens = sum(len(ids) for ids in prompts)
 
-        choices = [_run(req, ids, i, arrived) for i in range(req.n)]
+        def usage(counts: list[int]) -> dict:
+            return {"prompt_tokens": prompt_tokens, "completion_tokens": sum(counts),
+                    "total_tokens": prompt_tokens + sum(counts)}  # fmt: skip
+
+        # choice p * n + i: prompt p's i-th, as OpenAI numbers a batch's choices
+        choices = [_run(req, ids, i, arrived) for ids in prompts for i in range(req.n)]
+        count = len(choices)
         # errors (400, or 408 before a first token) surface as a status code before the stream starts
-        firsts = await first_items(choices)
+        firsts = await _first_items(choices)
 
         if not req.stream:
-            texts, reasons, counts = [""] * req.n, [None] * req.n, [0] * req.n
-            async for i, (delta, reason, count) in merged(choices, firsts):
-                texts[i], reasons[i], counts[i] = texts[i] + delta, reason, count
+            texts, reasons, counts = [""] * count, [None] * count, [0] * count
+            async for i, (delta, reason, tokens) in _merged(choices, firsts):
+                texts[i], reasons[i], counts[i] = texts[i] + delta, reason, tokens
             return {"id": rid, "object": kind, "created": created, "model": config.model_name,
-                    "choices": [choice(i, texts[i], reasons[i], False) for i in range(req.n)],
+                    "choices": [choice(i, texts[i], reasons[i], False) for i in range(count)],
                     "usage": usage(counts)}  # fmt: skip
 
         # Every chunk of a stream is the same JSON but for its text and finish reason: serialised once per
@@ -225,21 +237,21 @@ def create_app(
                   "model": config.model_name}  # fmt: skip
         text_mark, reason_mark = "\x00text", "\x00reason"
         templates = []
-        for i in range(req.n):
+        for i in range(count):
             head, rest = json.dumps({**header, "choices": [choice(i, text_mark, reason_mark, True)]}).split(
                 json.dumps(text_mark)
             )
             templates.append((head, *rest.split(json.dumps(reason_mark))))
 
         async def events():
-            counts, written, last_check = [0] * req.n, [None] * req.n, time.perf_counter()
-            items = merged(choices, firsts)
+            counts, written, last_check = [0] * count, [None] * count, time.perf_counter()
+            items = _merged(choices, firsts)
             try:
-                async for i, (delta, reason, count) in items:
+                async for i, (delta, reason, tokens) in items:
                     head, middle, tail = templates[i]
                     finish = "null" if reason is None else json.dumps(reason)
                     yield f"data: {head}{json.dumps(delta)}{middle}{finish}{tail}\n\n"
-                    counts[i] = count
+                    counts[i] = tokens
                     now = time.perf_counter()  # back here once the event is written to the socket
                     if written[i] is not None:
                         stats.gap(WRITTEN, now - written[i])
@@ -272,12 +284,12 @@ def create_app(
             prompt = render_chat([m.for_template() for m in req.messages], config.chat_template)
         except TemplateError as e:
             raise ApiError(400, f"messages: the chat template refused them: {e}", "messages") from e
-        return await _respond(req, _admit(req, prompt), True, request, arrived)
+        return await _respond(req, _admit(req, [prompt]), True, request, arrived)
 
     return app
 
 
-async def first_items(gens: list[AsyncIterator]) -> list:
+async def _first_items(gens: list[AsyncIterator]) -> list:
     """Each generator's first item, awaited together; on an error every one of them is closed (a choice's
     request aborted) and the first error raised."""
     try:
@@ -298,8 +310,8 @@ async def _next(gen: AsyncIterator):
     return await anext(gen)
 
 
-async def merged(gens: list[AsyncIterator], firsts: list) -> AsyncIterator[tuple[int, object]]:
-    """(index, item) from every generator as items arrive, after their first items (first_items'); closes
+async def _merged(gens: list[AsyncIterator], firsts: list) -> AsyncIterator[tuple[int, object]]:
+    """(index, item) from every generator as items arrive, after their first items (_first_items'); closes
     them all when done, on an error, or when itself closed early (a client gone), which aborts every choice
     still running."""
     pending: dict[asyncio.Future, int] = {}

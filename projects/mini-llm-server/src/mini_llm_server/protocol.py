@@ -10,7 +10,7 @@ field. Any other field is refused as OpenAI refuses it, as an unrecognized argum
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -49,7 +49,7 @@ class _GenerationRequest(_Strict):
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     top_k: int = Field(0, ge=0)  # an extension, as vLLM's
     seed: int | None = None  # choice i samples with seed + i, so that n choices differ
-    stop: str | list[str] | None = None
+    stop: list[str] | None = None  # one string is taken as a list of one
     stream: bool = False
     stream_options: StreamOptions | None = None
     timeout: float | None = Field(None, gt=0.0)  # seconds; an extension: the request ends with an error past it
@@ -63,11 +63,13 @@ class _GenerationRequest(_Strict):
         "presence_penalty": (0.0,), "frequency_penalty": (0.0,), "logit_bias": (None, {}),
     }  # fmt: skip
 
+    @field_validator("stop", mode="before")
+    @classmethod
+    def _one_stop(cls, value):
+        return [value] if isinstance(value, str) else value
+
     def max_new_tokens(self) -> int:
         return self.max_tokens or DEFAULT_MAX_TOKENS
-
-    def stops(self) -> list[str]:
-        return [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
 
     def check(self) -> None:
         """Refuse what the field types cannot: a field set to something this service does not implement, or
@@ -80,8 +82,12 @@ class _GenerationRequest(_Strict):
             raise ApiError(400, "stream_options: only allowed when stream is true", "stream_options")
 
 
+def _token_ids(value) -> bool:
+    return isinstance(value, list) and len(value) > 0 and all(type(t) is int for t in value)
+
+
 class CompletionRequest(_GenerationRequest):
-    prompt: str | list[int]
+    prompt: list[str | list[int]]  # a batch of prompts, each text or token ids; one prompt is a batch of one
     echo: bool = False
     suffix: str | None = None
     logprobs: int | None = None
@@ -90,6 +96,17 @@ class CompletionRequest(_GenerationRequest):
     NOT_IMPLEMENTED: ClassVar[dict[str, tuple]] = {
         **_GenerationRequest.NOT_IMPLEMENTED, "echo": (False,), "suffix": (None, ""), "logprobs": (None,),
     }  # fmt: skip
+
+    @field_validator("prompt", mode="before")
+    @classmethod
+    def _one_or_a_batch(cls, value):
+        """OpenAI's four forms: text, token ids, or a list of either. Checked here rather than as a union of
+        types, whose error would name one of its members instead of saying what a prompt may be."""
+        if isinstance(value, str) or _token_ids(value):
+            return [value]
+        if isinstance(value, list) and value and all(isinstance(p, str) or _token_ids(p) for p in value):
+            return value
+        raise ValueError("a prompt is a string or a list of token ids, and a batch a non-empty list of either")
 
     def check(self) -> None:
         super().check()
@@ -128,7 +145,7 @@ class ChatRequest(_GenerationRequest):
     top_logprobs: int | None = None
     response_format: dict | None = None
     tools: list[dict] | None = None
-    tool_choice: str | dict | None = None
+    tool_choice: Any = None  # a string or an object; any but "none" is refused
 
     NOT_IMPLEMENTED: ClassVar[dict[str, tuple]] = {
         **_GenerationRequest.NOT_IMPLEMENTED, "logprobs": (None, False), "top_logprobs": (None, 0),
