@@ -71,11 +71,13 @@ def test_malformed_json_is_a_400(stack):
     assert r.status_code == 400 and "error" in r.json()
 
 
-def test_stop_string_cuts_the_text(stack, reference_text):
-    full = reference_text(stack["tok"].encode("hello"), 16)
+def test_stop_string_cuts_the_text(stack):
+    # the text as the service streams it: where the seeded model's bytes are not valid UTF-8, a whole decode
+    # may render them with other replacement characters than the piece-by-piece one streams give
+    body = {"model": "test", "prompt": "hello", "max_tokens": 16, "temperature": 0}
+    full = httpx.post(stack["url"] + "/v1/completions", json=body).json()["choices"][0]["text"]
     stop = full[4:6]
-    body = {"model": "test", "prompt": "hello", "max_tokens": 16, "temperature": 0, "stop": stop}
-    r = httpx.post(stack["url"] + "/v1/completions", json=body)
+    r = httpx.post(stack["url"] + "/v1/completions", json={**body, "stop": stop})
     choice = r.json()["choices"][0]
     assert choice["text"] == full[: full.find(stop)] and choice["finish_reason"] == "stop"
 

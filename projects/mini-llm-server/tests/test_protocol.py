@@ -3,6 +3,7 @@ name (n choices, the newer chat fields and content parts; penalties, log probabi
 fields refused), a deadline that passes mid-stream ends it with an error event, and the server's own time
 to first token counts from the request."""
 
+import json
 import time
 
 import pytest
@@ -133,6 +134,32 @@ def test_a_batch_of_prompts_gets_n_choices_each(stack, reference_text):
                                            temperature=0, stream=True):  # fmt: skip
         texts[chunk.choices[0].index] += chunk.choices[0].text
     assert texts == want
+
+
+def test_a_stop_string_completed_over_two_tokens_is_never_given_out_in_part(stack):
+    """The text before a stop string whose first character ends one token and whose second begins the next:
+    streamed or not, the client gets none of it (the first character is held back until ruled out)."""
+    from mini_llm_server.detokenizer import IncrementalDetokenizer
+    from tinyllm.sampling import SamplingParams
+
+    tok, prompt = stack["tok"], "the quick brown fox"
+    ref = LLMEngine(stack["model"], EngineConfig(num_blocks=64, block_size=8))
+    ids = ref.generate([tok.encode(prompt)], SamplingParams(temperature=0.0, max_new_tokens=40))[0]
+    text_stream = IncrementalDetokenizer(tok)
+    pieces = [text_stream.new_text(ids[: k + 1]) for k in range(len(ids))]
+    full, stops, at = "".join(pieces), [], 0
+    for a, b in zip(pieces, pieces[1:], strict=False):
+        at += len(a)
+        if a and b and a[-1].isalnum() and b[0].isalnum() and full.find(a[-1] + b[0]) == at - 1:
+            stops.append((a[-1] + b[0], full[: at - 1]))
+    assert stops  # the seeded model's greedy text has such a boundary
+    body = {"model": "test", "prompt": prompt, "max_tokens": 40, "temperature": 0}
+    for stop, want in stops:
+        choice = httpx.post(stack["url"] + "/v1/completions", json={**body, "stop": stop}).json()["choices"][0]
+        assert (choice["text"], choice["finish_reason"]) == (want, "stop"), stop
+        with httpx.stream("POST", stack["url"] + "/v1/completions", json={**body, "stop": [stop], "stream": True}) as r:
+            chunks = [json.loads(line[6:])["choices"][0] for line in r.iter_lines() if line.startswith("data: {")]
+        assert "".join(c["text"] for c in chunks) == want and chunks[-1]["finish_reason"] == "stop", stop
 
 
 def test_a_client_that_hangs_up_on_n_streams_aborts_them_all(stack):

@@ -156,10 +156,14 @@ def create_app(
     async def _run(
         req: CompletionRequest | ChatRequest, ids: list[int], choice: int, arrived: float
     ) -> AsyncIterator[tuple[str, str | None, int]]:
-        """One choice's (text delta, finish reason or None, tokens so far) as its tokens arrive; the engine ends
-        the request on a stop string, and the text is cut before it. `arrived`: when the request came in, the
-        start of its time to first token."""
-        stops = req.stop or []
+        """One choice's (text delta, finish reason or None, tokens so far) as its tokens arrive. `arrived`: when
+        the request came in, the start of its time to first token.
+
+        A stop string ends the text before it, and may take several tokens to complete: the text that could
+        be its beginning is held back until ruled out (as vLLM does), so no client, streaming or not, is
+        ever given part of a stop string. Without stop strings nothing is held."""
+        stops = [s for s in req.stop or [] if s]
+        hold = max(map(len, stops), default=1) - 1  # characters that may begin a stop string not yet complete
         try:
             stream = engine.stream(ids, _params(req, choice), timeout=req.timeout, stop=stops,
                                    detokenize=tokenizer.decode)  # fmt: skip
@@ -167,7 +171,7 @@ def create_app(
         except ValueError as e:
             field = str(e).split(":", 1)[0]
             raise ApiError(400, str(e), field if field in ("prompt", "timeout") else None) from None
-        sent, t_last = "", None
+        sent, held, t_last = "", "", None  # text given out, and text after it held back
         text_stream = IncrementalDetokenizer(tokenizer)
         out = first
         try:
@@ -179,18 +183,26 @@ def create_app(
                     if t_last is not None:
                         stats.gap(TAKEN, now - t_last)
                     t_last = now
-                if out.finished:
-                    # the engine ended it on a stop string (or stop token): the text stops before the string
-                    text = tokenizer.decode(out.output)
-                    text = text[: min((text.find(s) for s in stops if s and s in text), default=len(text))]
-                    reason = {"length": "length", "context": "length", "stop": "stop"}.get(out.finish_reason)
+                delta = held + text_stream.new_text(out.output)
+                # a stop string found here starts in `delta`: one that started earlier would have been found
+                # when it completed, since the text given out never ends with more than `hold` of it
+                at = _first_of(stops, delta) if stops else -1
+                if out.finished or at >= 0:
                     if out.finish_reason == "timeout":
                         raise ApiError(408, f"timeout: the request ran past its deadline of {req.timeout} s", "timeout")
+                    if at < 0 and (whole := tokenizer.decode(out.output)).startswith(sent + delta):
+                        delta = whole[len(sent) :]  # and what the stream held back (a character not yet whole)
+                        at = _first_of(stops, delta)
+                    reason = "stop" if at >= 0 else {"length": "length", "context": "length",
+                                                      "stop": "stop"}.get(out.finish_reason)  # fmt: skip
                     if reason is None:
                         raise ApiError(500, f"request ended: {out.finish_reason}")
-                    yield text[len(sent) :], reason, len(out.output)
+                    # (a stop string found here before the engine saw one, its decode differing: closing the
+                    # stream aborts the request)
+                    yield delta[:at] if at >= 0 else delta, reason, len(out.output)
                     return
-                delta = text_stream.new_text(out.output)
+                if hold:
+                    delta, held = delta[: max(0, len(delta) - hold)], delta[max(0, len(delta) - hold) :]
                 if delta:
                     yield delta, None, len(out.output)
                     sent += delta
@@ -287,6 +299,11 @@ def create_app(
         return await _respond(req, _admit(req, [prompt]), True, request, arrived)
 
     return app
+
+
+def _first_of(stops: list[str], text: str) -> int:
+    """Where the first of the stop strings in `text` begins, or -1."""
+    return min((i for s in stops if (i := text.find(s)) >= 0), default=-1)
 
 
 async def _first_items(gens: list[AsyncIterator]) -> list:
