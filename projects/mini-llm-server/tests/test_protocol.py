@@ -201,7 +201,7 @@ class SlowEngine(LLMEngine):
 @pytest.fixture(scope="module")
 def slow(parts):
     model, tok = parts
-    engine = SlowEngine(model, EngineConfig(num_blocks=64, block_size=8))
+    engine = SlowEngine(model, EngineConfig(num_blocks=64, block_size=8, max_num_seqs=1))
     server, thread, url = serve_in_thread(create_app(AsyncEngine(engine), tok, ServiceConfig(model_name="slow")))
     yield {"url": url, "engine": engine}
     server.should_exit = True
@@ -221,10 +221,41 @@ def test_a_deadline_that_passes_mid_stream_ends_it_with_an_error_event(slow):
     body = {"model": "slow", "prompt": "hello", "max_tokens": 200, "timeout": 0.5}
     r = httpx.post(slow["url"] + "/v1/completions", json=body, timeout=30)
     assert r.status_code == 408 and r.json()["error"]["param"] == "timeout", r.text
-    deadline = time.time() + 30
-    while slow["engine"].has_unfinished() and time.time() < deadline:
+    assert _drained(slow["engine"])
+
+
+def _drained(engine, timeout: float = 5.0) -> bool:
+    deadline = time.time() + timeout
+    while engine.has_unfinished() and time.time() < deadline:
         time.sleep(0.02)
-    assert not slow["engine"].has_unfinished() and slow["engine"].metrics()["kv_blocks_used"] == 0
+    return not engine.has_unfinished() and engine.metrics()["kv_blocks_used"] == 0
+
+
+def test_a_client_that_gives_up_on_a_whole_answer_has_its_request_aborted(slow):
+    engine, before = slow["engine"], slow["engine"].tokens_generated
+    body = {"model": "slow", "prompt": "hello", "max_tokens": 200, "temperature": 0}  # 6 s of slow steps
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(slow["url"] + "/v1/completions", json=body, timeout=0.5)
+    assert _drained(engine, 3.0) and engine.tokens_generated - before < 100
+
+
+def test_a_client_that_gives_up_while_queued_leaves_the_queue(slow):
+    from concurrent.futures import ThreadPoolExecutor
+
+    engine, url = slow["engine"], slow["url"] + "/v1/completions"
+    body = {"model": "slow", "prompt": "hello", "max_tokens": 100, "temperature": 0}  # 3 s; one sequence runs
+    with ThreadPoolExecutor(1) as pool:
+        first = pool.submit(httpx.post, url, json=body, timeout=30)
+        while not engine.scheduler.running:
+            time.sleep(0.01)
+        with pytest.raises(httpx.ReadTimeout):  # no header yet: it waits behind the first for its first token
+            httpx.post(url, json={**body, "stream": True}, timeout=0.5)
+        deadline = time.time() + 1.5
+        while engine.scheduler.waiting and time.time() < deadline:
+            time.sleep(0.01)
+        assert not engine.scheduler.waiting and not first.done()  # gone from the queue while the first still runs
+        assert first.result().status_code == 200
+    assert _drained(engine)
 
 
 def test_the_servers_time_to_first_token_counts_from_the_request(slow):

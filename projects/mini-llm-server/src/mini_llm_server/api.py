@@ -5,7 +5,9 @@ Admission control happens before a request touches the engine: past `max_queue` 
 when requests already wait and the free KV blocks cannot hold their prompts and this one, the answer is
 429 with Retry-After, never an unbounded queue. Shutdown is uvicorn's: it stops accepting connections and
 lets open responses finish, and the engine keeps stepping until they have. A client that disconnects
-mid-stream ends its generator, which aborts the request and frees its blocks before the next engine step.
+mid-stream ends its generator, which aborts the request and frees its blocks before the next engine step;
+one that goes while its request waits for a first token, or while its whole answer is made, has its
+handler cancelled, to the same effect.
 
 A request for n choices (of each prompt in a batch) is as many requests to the engine, their tokens merged
 into one response as they come.
@@ -22,7 +24,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
@@ -232,15 +234,18 @@ def create_app(
         choices = [_run(req, ids, i, arrived) for ids in prompts for i in range(req.n)]
         count = len(choices)
         # errors (400, or 408 before a first token) surface as a status code before the stream starts
-        firsts = await _first_items(choices)
+        firsts = await _unless_gone(request, _first_items(choices))
 
-        if not req.stream:
+        async def whole() -> dict:
             texts, reasons, counts = [""] * count, [None] * count, [0] * count
             async for i, (delta, reason, tokens) in _merged(choices, firsts):
                 texts[i], reasons[i], counts[i] = texts[i] + delta, reason, tokens
             return {"id": rid, "object": kind, "created": created, "model": config.model_name,
                     "choices": [choice(i, texts[i], reasons[i], False) for i in range(count)],
                     "usage": usage(counts)}  # fmt: skip
+
+        if not req.stream:
+            return await _unless_gone(request, whole())
 
         # Every chunk of a stream is the same JSON but for its text and finish reason: serialised once per
         # choice with markers in their place, and filled in per event (a json.dumps of the nested dict per token
@@ -299,6 +304,38 @@ def create_app(
         return await _respond(req, _admit(req, [prompt]), True, request, arrived)
 
     return app
+
+
+async def _unless_gone(request: Request, work: Coroutine):
+    """`work`'s result, unless the client disconnects first: then `work` is cancelled (which closes its choices
+    and aborts their requests) rather than left to finish for nobody. Starlette cancels a streaming response
+    whose client goes, but not a handler still waiting for a first token, nor one making a whole answer.
+
+    `work` runs in the handler's own task, not one of its own: up to its first wait it runs before any other
+    request's handler, so the engine counts its prompts as arriving before the next admission check."""
+    handler = asyncio.current_task()
+
+    def client_gone(watch: asyncio.Future) -> None:
+        if not watch.cancelled() and watch.exception() is None:
+            handler.cancel()
+
+    watch = asyncio.ensure_future(_disconnect(request))
+    watch.add_done_callback(client_gone)
+    try:
+        return await work
+    except asyncio.CancelledError:
+        if watch.done() and not watch.cancelled():  # not a cancellation from above: the client went
+            handler.uncancel()
+            raise ApiError(499, "the client closed the request") from None  # nobody reads this answer
+        raise
+    finally:
+        watch.cancel()
+
+
+async def _disconnect(request: Request) -> None:
+    """Returns once the client has gone (the body is already read, so the next message is the disconnect)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 def _first_of(stops: list[str], text: str) -> int:
