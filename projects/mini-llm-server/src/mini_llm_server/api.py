@@ -155,24 +155,30 @@ def create_app(
             raise ApiError(429, busy, headers={"Retry-After": str(config.retry_after_s)})
         return ids
 
-    async def _run(
-        req: CompletionRequest | ChatRequest, ids: list[int], choice: int, arrived: float
-    ) -> AsyncIterator[tuple[str, str | None, int]]:
-        """One choice's (text delta, finish reason or None, tokens so far) as its tokens arrive. `arrived`: when
-        the request came in, the start of its time to first token.
+    async def _start(req: CompletionRequest | ChatRequest, ids: list[int], choice: int):
+        """A choice's request given to the engine: (its stream of outputs, the first of them). The engine
+        validates the request (length, vocabulary) before its first output, so waiting for that output makes
+        a refused request, or one past its deadline before a first token, an error status and not a broken
+        stream."""
+        stream = engine.stream(ids, _params(req, choice), timeout=req.timeout, stop=_stops(req),
+                               detokenize=tokenizer.decode)  # fmt: skip
+        try:
+            return stream, await anext(stream)
+        except ValueError as e:
+            field = str(e).split(":", 1)[0]
+            raise ApiError(400, str(e), field if field in ("prompt", "timeout") else None) from None
+
+    async def _text(
+        req: CompletionRequest | ChatRequest, index: int, stream: AsyncIterator, first, arrived: float
+    ) -> AsyncIterator[tuple[int, str, str | None, int]]:
+        """Choice `index`'s (index, text delta, finish reason or None, tokens so far) as its tokens arrive, from
+        its first output on. `arrived`: when the request came in, the start of its time to first token.
 
         A stop string ends the text before it, and may take several tokens to complete: the text that could
         be its beginning is held back until ruled out (as vLLM does), so no client, streaming or not, is
         ever given part of a stop string. Without stop strings nothing is held."""
-        stops = [s for s in req.stop or [] if s]
+        stops = _stops(req)
         hold = max(map(len, stops), default=1) - 1  # characters that may begin a stop string not yet complete
-        try:
-            stream = engine.stream(ids, _params(req, choice), timeout=req.timeout, stop=stops,
-                                   detokenize=tokenizer.decode)  # fmt: skip
-            first = await anext(stream)  # the engine validates the request here (length, vocabulary)
-        except ValueError as e:
-            field = str(e).split(":", 1)[0]
-            raise ApiError(400, str(e), field if field in ("prompt", "timeout") else None) from None
         sent, held, t_last = "", "", None  # text given out, and text after it held back
         text_stream = IncrementalDetokenizer(tokenizer)
         out = first
@@ -185,10 +191,13 @@ def create_app(
                     if t_last is not None:
                         stats.gap(TAKEN, now - t_last)
                     t_last = now
-                delta = held + text_stream.new_text(out.output)
-                # a stop string found here starts in `delta`: one that started earlier would have been found
-                # when it completed, since the text given out never ends with more than `hold` of it
-                at = _first_of(stops, delta) if stops else -1
+                delta = text_stream.new_text(out.output)
+                at = -1
+                if stops:
+                    # a stop string found here starts in `delta`: one that started earlier would have been found
+                    # when it completed, since the text given out never ends with more than `hold` of it
+                    delta = held + delta
+                    at = _first_of(stops, delta)
                 if out.finished or at >= 0:
                     if out.finish_reason == "timeout":
                         raise ApiError(408, f"timeout: the request ran past its deadline of {req.timeout} s", "timeout")
@@ -201,12 +210,12 @@ def create_app(
                         raise ApiError(500, f"request ended: {out.finish_reason}")
                     # (a stop string found here before the engine saw one, its decode differing: closing the
                     # stream aborts the request)
-                    yield delta[:at] if at >= 0 else delta, reason, len(out.output)
+                    yield index, delta[:at] if at >= 0 else delta, reason, len(out.output)
                     return
                 if hold:
                     delta, held = delta[: max(0, len(delta) - hold)], delta[max(0, len(delta) - hold) :]
                 if delta:
-                    yield delta, None, len(out.output)
+                    yield index, delta, None, len(out.output)
                     sent += delta
                 out = await anext(stream)
         finally:  # closed early (a client gone, another choice failed): the engine aborts the request
@@ -231,14 +240,15 @@ def create_app(
                     "total_tokens": prompt_tokens + sum(counts)}  # fmt: skip
 
         # choice p * n + i: prompt p's i-th, as OpenAI numbers a batch's choices
-        choices = [_run(req, ids, i, arrived) for ids in prompts for i in range(req.n)]
-        count = len(choices)
-        # errors (400, or 408 before a first token) surface as a status code before the stream starts
-        firsts = await _unless_gone(request, _first_items(choices))
+        started = await _unless_gone(request, _started([_start(req, ids, i) for ids in prompts for i in range(req.n)]))
+        count = len(started)
+        choices = [_text(req, i, stream, first, arrived) for i, (stream, first) in enumerate(started)]
+        # one choice is read straight from its generator: a merge would cost a generator layer per token
+        items = choices[0] if count == 1 else _merged(choices)
 
         async def whole() -> dict:
             texts, reasons, counts = [""] * count, [None] * count, [0] * count
-            async for i, (delta, reason, tokens) in _merged(choices, firsts):
+            async for i, delta, reason, tokens in items:
                 texts[i], reasons[i], counts[i] = texts[i] + delta, reason, tokens
             return {"id": rid, "object": kind, "created": created, "model": config.model_name,
                     "choices": [choice(i, texts[i], reasons[i], False) for i in range(count)],
@@ -262,9 +272,8 @@ def create_app(
 
         async def events():
             counts, written, last_check = [0] * count, [None] * count, time.perf_counter()
-            items = _merged(choices, firsts)
             try:
-                async for i, (delta, reason, tokens) in items:
+                async for i, delta, reason, tokens in items:
                     head, middle, tail = templates[i]
                     finish = "null" if reason is None else json.dumps(reason)
                     yield f"data: {head}{json.dumps(delta)}{middle}{finish}{tail}\n\n"
@@ -343,50 +352,46 @@ def _first_of(stops: list[str], text: str) -> int:
     return min((i for s in stops if (i := text.find(s)) >= 0), default=-1)
 
 
-async def _first_items(gens: list[AsyncIterator]) -> list:
-    """Each generator's first item, awaited together; on an error every one of them is closed (a choice's
-    request aborted) and the first error raised."""
+def _stops(req: CompletionRequest | ChatRequest) -> list[str]:
+    return [s for s in req.stop or [] if s]
+
+
+async def _started(starts: list[Coroutine]) -> list:
+    """Every choice's start (`_start`), awaited together; on an error the streams already started are closed
+    (their requests aborted) and the first error raised. One choice starts in the handler's own task, so the
+    engine counts its prompt as arriving before any other request's admission check; several start in tasks
+    of their own, which run from the loop's next turn, so a burst of requests may be admitted in the meantime
+    without counting them (the queue bound can be passed by the choices of requests admitted together)."""
+    if len(starts) == 1:
+        return [await starts[0]]
+    tasks: list[asyncio.Task] = []
     try:
-        if len(gens) == 1:
-            return [await anext(gens[0])]
         async with asyncio.TaskGroup() as group:
-            tasks = [group.create_task(_next(g)) for g in gens]
-        return [t.result() for t in tasks]
+            tasks = [group.create_task(s) for s in starts]
     except BaseException as e:
-        for g in gens:
-            await g.aclose()
-        if isinstance(e, BaseExceptionGroup):
-            raise e.exceptions[0] from None
-        raise
+        for t in tasks:
+            if t.done() and not t.cancelled() and t.exception() is None:
+                await t.result()[0].aclose()
+        raise (e.exceptions[0] if isinstance(e, BaseExceptionGroup) else e) from None
+    return [t.result() for t in tasks]
 
 
-async def _next(gen: AsyncIterator):
-    return await anext(gen)
-
-
-async def _merged(gens: list[AsyncIterator], firsts: list) -> AsyncIterator[tuple[int, object]]:
-    """(index, item) from every generator as items arrive, after their first items (_first_items'); closes
-    them all when done, on an error, or when itself closed early (a client gone), which aborts every choice
-    still running."""
-    pending: dict[asyncio.Future, int] = {}
+async def _merged(gens: list[AsyncIterator]) -> AsyncIterator:
+    """Every generator's items as they arrive; closes them all when done, on an error, or when itself closed
+    early (a client gone), which aborts every choice still running."""
+    pending: dict[asyncio.Future, AsyncIterator] = {}
     try:
-        for i, item in enumerate(firsts):
-            yield i, item
-        if len(gens) == 1:  # the common case, without a task per item
-            async for item in gens[0]:
-                yield 0, item
-            return
-        pending = {asyncio.ensure_future(anext(g)): i for i, g in enumerate(gens)}
+        pending = {asyncio.ensure_future(anext(g)): g for g in gens}
         while pending:
             done, _ = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
             for task in done:
-                i = pending.pop(task)
+                gen = pending.pop(task)
                 try:
                     item = task.result()
                 except StopAsyncIteration:
                     continue
-                yield i, item
-                pending[asyncio.ensure_future(anext(gens[i]))] = i
+                yield item
+                pending[asyncio.ensure_future(anext(gen))] = gen
     finally:
         for task in pending:
             task.cancel()
