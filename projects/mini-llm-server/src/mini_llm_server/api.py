@@ -137,9 +137,9 @@ def create_app(
         req.check()
         asked = len(prompts) * req.n
         if asked > config.max_queue:  # a 429 would have the client retry something never admitted
-            field = "n" if len(prompts) == 1 else "prompt"
-            raise ApiError(400, f"{field}: {asked} choices ({len(prompts)} prompts x n={req.n}) are more than this "
-                           f"server queues ({config.max_queue})", field)  # fmt: skip
+            field, what = ("n", "") if len(prompts) == 1 else ("prompt", f" ({len(prompts)} prompts x n={req.n})")
+            raise ApiError(400, f"{field}: {asked} choices{what} are more than this server queues ({config.max_queue})",
+                           field)  # fmt: skip
         ids = [tokenizer.encode(p) if isinstance(p, str) else list(p) for p in prompts]
         busy = None
         waiting = engine.waiting_lengths()
