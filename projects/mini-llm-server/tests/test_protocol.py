@@ -3,6 +3,7 @@ name (n choices, the newer chat fields and content parts; penalties, log probabi
 fields refused), a deadline that passes mid-stream ends it with an error event, and the server's own time
 to first token counts from the request."""
 
+import asyncio
 import json
 import time
 
@@ -160,6 +161,19 @@ def test_a_stop_string_completed_over_two_tokens_is_never_given_out_in_part(stac
         with httpx.stream("POST", stack["url"] + "/v1/completions", json={**body, "stop": [stop], "stream": True}) as r:
             chunks = [json.loads(line[6:])["choices"][0] for line in r.iter_lines() if line.startswith("data: {")]
         assert "".join(c["text"] for c in chunks) == want and chunks[-1]["finish_reason"] == "stop", stop
+
+
+def test_a_burst_of_requests_for_several_choices_each_gets_429s_past_the_queue_bound(stack, reference_text):
+    async def burst():
+        async with httpx.AsyncClient(base_url=stack["url"], timeout=60) as client:
+            body = {"model": "test", "prompt": "the quick brown fox", "max_tokens": 24, "temperature": 0, "n": 2}
+            return await asyncio.gather(*(client.post("/v1/completions", json=body) for _ in range(24)))
+
+    responses = asyncio.run(burst())
+    codes = [r.status_code for r in responses]
+    assert set(codes) <= {200, 429} and 429 in codes and 200 in codes, codes
+    expected = reference_text(stack["tok"].encode("the quick brown fox"), 24)
+    assert all([c["text"] for c in r.json()["choices"]] == [expected] * 2 for r in responses if r.status_code == 200)
 
 
 def test_a_client_that_hangs_up_on_n_streams_aborts_them_all(stack):

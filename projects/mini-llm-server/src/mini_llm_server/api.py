@@ -100,6 +100,9 @@ def create_app(
     app = FastAPI(title="mini-llm-server", lifespan=lifespan)
     metrics = Metrics(stats)
     stats = metrics.streams
+    # choices admitted that the engine has not yet been handed, by a key each: admission counts them as waiting
+    # until their start gives them to the engine, which from then counts them itself (as arriving)
+    reserved: dict[object, int] = {}
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError):
@@ -130,7 +133,7 @@ def create_app(
     def _admit(req: CompletionRequest | ChatRequest, prompts: list[str | list[int]]) -> list[list[int]]:
         """The prompts' token ids, once the request is known to be served now: each prompt's n choices are as
         many requests to the engine, and all of them must fit in the queue (and the free KV blocks, when
-        requests already wait for memory)."""
+        requests already wait for memory), counting the choices admitted and not yet handed to the engine."""
         if req.model != config.model_name:
             raise ApiError(404, f"model: unknown model {req.model!r}; this server serves {config.model_name!r}",
                            "model")  # fmt: skip
@@ -142,7 +145,7 @@ def create_app(
                            field)  # fmt: skip
         ids = [tokenizer.encode(p) if isinstance(p, str) else list(p) for p in prompts]
         busy = None
-        waiting = engine.waiting_lengths()
+        waiting = engine.waiting_lengths() + list(reserved.values())
         if len(waiting) + asked > config.max_queue:
             busy = f"server overloaded: {len(waiting)} requests already waiting (at most {config.max_queue})"
         elif waiting:  # requests already queue for memory: admit only what the free KV blocks hold
@@ -155,13 +158,15 @@ def create_app(
             raise ApiError(429, busy, headers={"Retry-After": str(config.retry_after_s)})
         return ids
 
-    async def _start(req: CompletionRequest | ChatRequest, ids: list[int], choice: int):
+    async def _start(req: CompletionRequest | ChatRequest, ids: list[int], choice: int, key: object):
         """A choice's request given to the engine: (its stream of outputs, the first of them). The engine
         validates the request (length, vocabulary) before its first output, so waiting for that output makes
         a refused request, or one past its deadline before a first token, an error status and not a broken
         stream."""
         stream = engine.stream(ids, _params(req, choice), timeout=req.timeout, stop=_stops(req),
                                detokenize=tokenizer.decode)  # fmt: skip
+        # the stream counts itself as arriving before its first wait: nothing runs between the two
+        del reserved[key]
         try:
             return stream, await anext(stream)
         except ValueError as e:
@@ -239,8 +244,15 @@ def create_app(
             return {"prompt_tokens": prompt_tokens, "completion_tokens": sum(counts),
                     "total_tokens": prompt_tokens + sum(counts)}  # fmt: skip
 
-        # choice p * n + i: prompt p's i-th, as OpenAI numbers a batch's choices
-        started = await _unless_gone(request, _started([_start(req, ids, i) for ids in prompts for i in range(req.n)]))
+        # choice p * n + i: prompt p's i-th, as OpenAI numbers a batch's choices; reserved since admission (nothing
+        # has waited in between), each until its start hands it to the engine
+        keys = [(object(), ids, i) for ids in prompts for i in range(req.n)]
+        reserved.update((key, len(ids)) for key, ids, _ in keys)
+        try:
+            started = await _unless_gone(request, _started([_start(req, ids, i, key) for key, ids, i in keys]))
+        finally:
+            for key, _, _ in keys:  # choices never started: an error in another, or the client gone
+                reserved.pop(key, None)
         count = len(started)
         choices = [_text(req, i, stream, first, arrived) for i, (stream, first) in enumerate(started)]
         # one choice is read straight from its generator: a merge would cost a generator layer per token
@@ -320,8 +332,7 @@ async def _unless_gone(request: Request, work: Coroutine):
     and aborts their requests) rather than left to finish for nobody. Starlette cancels a streaming response
     whose client goes, but not a handler still waiting for a first token, nor one making a whole answer.
 
-    `work` runs in the handler's own task, not one of its own: up to its first wait it runs before any other
-    request's handler, so the engine counts its prompts as arriving before the next admission check."""
+    `work` runs in the handler's own task, which the watcher cancels, rather than in one of its own."""
     handler = asyncio.current_task()
 
     def client_gone(watch: asyncio.Future) -> None:
@@ -358,10 +369,8 @@ def _stops(req: CompletionRequest | ChatRequest) -> list[str]:
 
 async def _started(starts: list[Coroutine]) -> list:
     """Every choice's start (`_start`), awaited together; on an error the streams already started are closed
-    (their requests aborted) and the first error raised. One choice starts in the handler's own task, so the
-    engine counts its prompt as arriving before any other request's admission check; several start in tasks
-    of their own, which run from the loop's next turn, so a burst of requests may be admitted in the meantime
-    without counting them (the queue bound can be passed by the choices of requests admitted together)."""
+    (their requests aborted) and the first error raised. One choice starts in the handler's own task; several
+    start in tasks of their own, from the loop's next turn, counted by admission as reserved until then."""
     if len(starts) == 1:
         return [await starts[0]]
     tasks: list[asyncio.Task] = []
