@@ -1,7 +1,8 @@
 """The OpenAI surface past the basics, on a real uvicorn server: every field sent is honoured or refused by
-name (n choices, the newer chat fields and content parts; penalties, log probabilities, tools and unknown
-fields refused), a deadline that passes mid-stream ends it with an error event, and the server's own time
-to first token counts from the request."""
+name (n choices, batches of prompts, the newer chat fields and content parts; penalties, log probabilities,
+tools and unknown fields refused), admission counting every choice, a stop string never given out in part,
+a deadline that passes mid-stream ending it with an error event, a client that gives up before its answer
+having its request aborted, and the server's own time to first token counting from the request."""
 
 import asyncio
 import json
