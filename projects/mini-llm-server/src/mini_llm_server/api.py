@@ -206,8 +206,8 @@ def create_app(
                 if out.finished or at >= 0:
                     if out.finish_reason == "timeout":
                         raise ApiError(408, f"timeout: the request ran past its deadline of {req.timeout} s", "timeout")
-                    if at < 0 and (whole := tokenizer.decode(out.output)).startswith(sent + delta):
-                        delta = whole[len(sent) :]  # and what the stream held back (a character not yet whole)
+                    if at < 0 and (decoded := tokenizer.decode(out.output)).startswith(sent + delta):
+                        delta = decoded[len(sent) :]  # and what the stream held back (a character not yet whole)
                         at = _first_of(stops, delta)
                     reason = "stop" if at >= 0 else {"length": "length", "context": "length",
                                                       "stop": "stop"}.get(out.finish_reason)  # fmt: skip
