@@ -284,8 +284,10 @@ def test_serving_bench_at_toy_scale_measures_every_policy(parts, tmp_path):
         assert (r["loop_commands_ms"] is None) == in_process and (r["loop_fan_out_ms"] is None) == in_process, r
         if not in_process:  # the engine process's loop: commands read and tokens handed out while it had work
             assert r["loop_commands_ms"] > 0 and r["loop_fan_out_ms"] > 0, r
-        for hop in ("taken", "written"):  # the streams' gaps inside the API process(es), wherever it runs
-            assert 0 < r[f"{hop}_itl_p50_ms"] <= r[f"{hop}_itl_p99_ms"], r
+        # the streams' gaps inside the API process(es), wherever it runs, and each token's delay there since the
+        # engine read it (in the engine's thread or across the pipe)
+        for hop in ("taken_itl", "written_itl", "taken_delay", "written_delay"):
+            assert 0 < r[f"{hop}_p50_ms"] <= r[f"{hop}_p99_ms"], r
     assert rows[-1]["load"].startswith("open") and rows[-1]["errors"] == 0
     path = write_serving_record(rows, cfg, "toy", torch.device("cpu"), root=tmp_path)
     assert len(read_record(path).rows) == len(rows)
@@ -331,7 +333,7 @@ def test_a_stream_left_open_past_close_ends_quietly(parts):
 def test_metrics_count_every_streamed_token(parts):
     """The per-token series (a lock-free collector) against what three streamed requests produced."""
     from mini_llm_server.engine import ITL_BINS
-    from mini_llm_server.metrics import TAKEN, WRITTEN, StreamStats
+    from mini_llm_server.metrics import TAKEN, TAKEN_DELAY, WRITTEN, WRITTEN_DELAY, StreamStats
     from prometheus_client.parser import text_string_to_metric_families
 
     model, tok = parts
@@ -363,5 +365,10 @@ def test_metrics_count_every_streamed_token(parts):
     # per event after the first (a token whose text is not yet whole is written with the next)
     taken, written = (sum(stats.totals(at, at + ITL_BINS)) for at in (TAKEN, WRITTEN))
     assert taken == 33 and 0 < written <= 33
-    for at in (TAKEN, WRITTEN):
-        assert 0 < stats.gap_percentile_ms(at, 50) <= stats.gap_percentile_ms(at, 99)
+    # each token's delay since the engine read it: every token as taken, the newest of each event as written;
+    # none in the last bin, which would hold a stamp missing or from another clock
+    delays = {at: stats.totals(at, at + ITL_BINS) for at in (TAKEN_DELAY, WRITTEN_DELAY)}
+    assert sum(delays[TAKEN_DELAY]) == 36 and sum(delays[WRITTEN_DELAY]) == written + 3
+    assert delays[TAKEN_DELAY][-1] == delays[WRITTEN_DELAY][-1] == 0
+    for at in (TAKEN, WRITTEN, TAKEN_DELAY, WRITTEN_DELAY):
+        assert 0 < stats.percentile_ms(at, 50) <= stats.percentile_ms(at, 99)

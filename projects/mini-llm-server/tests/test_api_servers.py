@@ -132,16 +132,16 @@ def test_stream_stats_rows_add_up_across_processes():
     # the fine gaps inside the API processes: 10-us bins, read at a bin's upper edge, summed across rows
     for i, stats in enumerate(rows):
         for _ in range(30):
-            stats.gap(TAKEN, 0.001 + 0.0001 * i)  # 1.0, 1.1, 1.2 ms
-    rows[2].gap(WRITTEN, 0.0123)
-    assert [rows[0].gap_percentile_ms(TAKEN, q) for q in (30, 50, 99)] == pytest.approx([1.01, 1.11, 1.21])
-    assert rows[1].gap_percentile_ms(WRITTEN, 50) == pytest.approx(12.31)
+            stats.count(TAKEN, 0.001 + 0.0001 * i)  # 1.0, 1.1, 1.2 ms
+    rows[2].count(WRITTEN, 0.0123)
+    assert [rows[0].percentile_ms(TAKEN, q) for q in (30, 50, 99)] == pytest.approx([1.01, 1.11, 1.21])
+    assert rows[1].percentile_ms(WRITTEN, 50) == pytest.approx(12.31)
     # over a window: only the gaps counted since a snapshot (a run on a service already serving)
     before = rows[0].snapshot()
     for _ in range(10):
-        rows[1].gap(TAKEN, 0.005)
-    assert rows[0].gap_percentile_ms(TAKEN, 50, since=before) == pytest.approx(5.0, abs=0.011)  # a bin's edge
-    assert rows[0].gap_percentile_ms(TAKEN, 50) == pytest.approx(1.11)  # 90 of the 100 gaps are the earlier ones
+        rows[1].count(TAKEN, 0.005)
+    assert rows[0].percentile_ms(TAKEN, 50, since=before) == pytest.approx(5.0, abs=0.011)  # a bin's edge
+    assert rows[0].percentile_ms(TAKEN, 50) == pytest.approx(1.11)  # 90 of the 100 gaps are the earlier ones
     assert [f.name for f in rows[0].collect()] == [  # not exported
         "mini_llm_generated_tokens", "mini_llm_rejected_requests", TTFT.name, ITL.name]  # fmt: skip
 

@@ -88,6 +88,26 @@ def test_engine_counts_one_inter_token_gap_per_token_after_the_first(model):
     assert 0 < m["itl_p50_ms"] <= m["itl_p95_ms"] <= m["itl_p99_ms"] <= wall_ms
 
 
+def test_each_token_carries_when_the_engine_read_it(model):
+    """read_at, where delivery's delay starts: set by the step that read the token, with the overlapped steps'
+    tokens read one call late; an output that carries no token has none."""
+    import time
+
+    engine = LLMEngine(model, EngineConfig(num_blocks=64, block_size=4))
+    for prompt in _prompts(3, seed=16):
+        engine.add_request(prompt, GREEDY)
+    engine.add_request([1, 2, 3], SamplingParams(temperature=0.0, max_new_tokens=0))  # ends with no token
+    seen = 0
+    while engine.has_unfinished():
+        t0 = time.perf_counter()
+        outs = engine.step()
+        t1 = time.perf_counter()
+        for out in outs:
+            assert (t0 <= out.read_at <= t1) if out.new_tokens else out.read_at == 0.0, out
+            seen += len(out.new_tokens)
+    assert seen == 3 * GREEDY.max_new_tokens
+
+
 def test_histogram_percentiles_read_the_upper_edge_of_their_bin():
     from mini_llm_server.engine import histogram_percentile_ms
 

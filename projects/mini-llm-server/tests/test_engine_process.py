@@ -136,8 +136,12 @@ def test_a_client_reading_on_its_event_loop_streams_and_learns_of_the_engines_de
 
     async def run():
         client.attach()
+        t0 = time.perf_counter()
         outs = [o async for o in client.stream(prompt, SamplingParams(temperature=0.0, max_new_tokens=6))]
         assert outs[-1].finished and outs[-1].output == want
+        # when the engine process read each token: one clock for every process on the host
+        assert all(t0 < o.read_at < time.perf_counter() for o in outs), outs
+        assert [o.read_at for o in outs] == sorted(o.read_at for o in outs)
         m = await asyncio.wait_for(client.metrics(), 10)
         assert m["kv_blocks_used"] == 0
         assert m["gc_frozen_objects"] > 10_000  # the engine process froze its startup heap (torch, the model)

@@ -48,6 +48,7 @@ def test_goal_bench_at_toy_scale(parts, tmp_path):
         assert r["ratio"] == pytest.approx(r["itl_p95_ms"] / r["batch1_step_ms"]) and r["batch1_step_ms"] > 0
         # the service's own figures, over this run alone
         assert min(r["engine_itl_p95_ms"], r["taken_itl_p95_ms"], r["written_itl_p95_ms"]) > 0, r
+        assert r["taken_delay_p95_ms"] > 0 and r["written_delay_p95_ms"] > 0, r
         assert 0 < r["mixed_step_share"] <= 1 and r["mixed_step_ms"] > 0, r
     path = write_goal_record(rows, cfg, "toy", torch.device("cpu"), root=tmp_path)
     assert len(read_record(path).rows) == len(rows)

@@ -40,7 +40,7 @@ from mini_llm_server.async_engine import AsyncEngine
 from mini_llm_server.chat_template import render_chat
 from mini_llm_server.detokenizer import IncrementalDetokenizer
 from mini_llm_server.engine_process import EngineClient
-from mini_llm_server.metrics import ITL, TAKEN, TTFT, WRITTEN, Metrics, StreamStats
+from mini_llm_server.metrics import ITL, TAKEN, TAKEN_DELAY, TTFT, WRITTEN, WRITTEN_DELAY, Metrics, StreamStats
 from mini_llm_server.protocol import ApiError, ChatRequest, CompletionRequest
 
 # How often a stream asks whether its client is gone. Under uvicorn (ASGI 2.3) Starlette cancels a stream the
@@ -175,9 +175,10 @@ def create_app(
 
     async def _text(
         req: CompletionRequest | ChatRequest, index: int, stream: AsyncIterator, first, arrived: float
-    ) -> AsyncIterator[tuple[int, str, str | None, int]]:
-        """Choice `index`'s (index, text delta, finish reason or None, tokens so far) as its tokens arrive, from
-        its first output on. `arrived`: when the request came in, the start of its time to first token.
+    ) -> AsyncIterator[tuple[int, str, str | None, int, float]]:
+        """Choice `index`'s (index, text delta, finish reason or None, tokens so far, when the engine read the
+        newest of them) as its tokens arrive, from its first output on. `arrived`: when the request came in, the
+        start of its time to first token.
 
         A stop string ends the text before it, and may take several tokens to complete: the text that could
         be its beginning is held back until ruled out (as vLLM does), so no client, streaming or not, is
@@ -194,7 +195,9 @@ def create_app(
                     stats.add_tokens(len(out.new_tokens))
                     stats.observe(TTFT if t_last is None else ITL, now - (arrived if t_last is None else t_last))
                     if t_last is not None:
-                        stats.gap(TAKEN, now - t_last)
+                        stats.count(TAKEN, now - t_last)
+                    if out.read_at:
+                        stats.count(TAKEN_DELAY, now - out.read_at)
                     t_last = now
                 delta = text_stream.new_text(out.output)
                 at = -1
@@ -215,12 +218,12 @@ def create_app(
                         raise ApiError(500, f"request ended: {out.finish_reason}")
                     # (a stop string found here before the engine saw one, its decode differing: closing the
                     # stream aborts the request)
-                    yield index, delta[:at] if at >= 0 else delta, reason, len(out.output)
+                    yield index, delta[:at] if at >= 0 else delta, reason, len(out.output), out.read_at
                     return
                 if hold:
                     delta, held = delta[: max(0, len(delta) - hold)], delta[max(0, len(delta) - hold) :]
                 if delta:
-                    yield index, delta, None, len(out.output)
+                    yield index, delta, None, len(out.output), out.read_at
                     sent += delta
                 out = await anext(stream)
         finally:  # closed early (a client gone, another choice failed): the engine aborts the request
@@ -260,7 +263,7 @@ def create_app(
 
         async def whole() -> dict:
             texts, reasons, counts = [""] * count, [None] * count, [0] * count
-            async for i, delta, reason, tokens in items:
+            async for i, delta, reason, tokens, _ in items:
                 texts[i], reasons[i], counts[i] = texts[i] + delta, reason, tokens
             return {"id": rid, "object": kind, "created": created, "model": config.model_name,
                     "choices": [choice(i, texts[i], reasons[i], False) for i in range(count)],
@@ -285,14 +288,16 @@ def create_app(
         async def events():
             counts, written, last_check = [0] * count, [None] * count, time.perf_counter()
             try:
-                async for i, delta, reason, tokens in items:
+                async for i, delta, reason, tokens, read_at in items:
                     head, middle, tail = templates[i]
                     finish = "null" if reason is None else json.dumps(reason)
                     yield f"data: {head}{json.dumps(delta)}{middle}{finish}{tail}\n\n"
                     counts[i] = tokens
                     now = time.perf_counter()  # back here once the event is written to the socket
                     if written[i] is not None:
-                        stats.gap(WRITTEN, now - written[i])
+                        stats.count(WRITTEN, now - written[i])
+                    if read_at:
+                        stats.count(WRITTEN_DELAY, now - read_at)
                     written[i] = now
                     # Starlette cancels this generator when the client goes (ASGI < 2.4, uvicorn's); where a
                     # write to a closed socket may not raise, ask, but not per token: asking costs a task switch

@@ -69,6 +69,9 @@ class RequestOutput(NamedTuple):  # not a frozen dataclass: its __init__ costs t
     output: list[int]
     finished: bool
     finish_reason: str | None  # "stop", "length", "context", "abort", "timeout"
+    # when the engine read new_tokens off the GPU (time.perf_counter, one clock for every process on the host):
+    # where the engine's own inter-token gap is counted, and where delivery's delay starts; 0.0 with no token
+    read_at: float = 0.0
 
 
 def pool_blocks(model: Transformer, config: EngineConfig) -> int:
@@ -303,7 +306,7 @@ class LLMEngine:
         reason = self._stop_reason(seq, token)
         if reason:
             self._finish(seq, reason)
-        outputs.append(RequestOutput(seq.seq_id, [token], seq.output, reason is not None, reason))
+        outputs.append(RequestOutput(seq.seq_id, [token], seq.output, reason is not None, reason, now))
 
     @staticmethod
     def _sample(logits: torch.Tensor, seqs: list[Sequence]) -> list[int]:

@@ -58,15 +58,17 @@ def copy_of(model: Transformer, tokenizer: Tokenizer | None) -> tuple[Transforme
 class _Outputs:
     """One request's tokens on the parent side, how many its stream has taken, and the stream's waiter."""
 
-    __slots__ = ("rid", "tokens", "taken", "finished", "reason", "waiter")
+    __slots__ = ("rid", "tokens", "taken", "finished", "reason", "read_at", "waiter")
 
     def __init__(self, rid: int) -> None:
         self.rid, self.tokens, self.taken = rid, [], 0
-        self.finished, self.reason = False, None
+        self.finished, self.reason, self.read_at = False, None, 0.0
         self.waiter: asyncio.Future | None = None
 
-    def add(self, new: list[int], finished: bool, reason: str | None) -> None:  # on the streams' event loop
-        self.tokens.extend(new)
+    def add(self, new: list[int], finished: bool, reason: str | None, read_at: float) -> None:  # on the loop
+        if new:  # the newest token's: a stream that takes several at once is as late as its newest
+            self.tokens.extend(new)
+            self.read_at = read_at
         if finished:
             self.finished, self.reason = True, reason
         if self.waiter is not None and not self.waiter.done():
@@ -78,7 +80,7 @@ class _Outputs:
             self.waiter = asyncio.get_running_loop().create_future()
             await self.waiter
         new, self.taken = self.tokens[self.taken :], len(self.tokens)
-        return RequestOutput(self.rid, new, list(self.tokens), self.finished, self.reason)
+        return RequestOutput(self.rid, new, list(self.tokens), self.finished, self.reason, self.read_at)
 
 
 def _queue_state(engine: LLMEngine) -> dict:
@@ -158,7 +160,7 @@ class _EngineLoop:
                 continue
             if out.finished:
                 del self.owner[out.request_id], self.engine_id[key]
-            batches[key[0]].append((key[1], out.new_tokens, out.finished, out.finish_reason))
+            batches[key[0]].append((key[1], out.new_tokens, out.finished, out.finish_reason, out.read_at))
         state = _queue_state(self.engine)
         for c, batch in batches.items():
             # every client's admission control reads this state: one with no stream of its own still needs
@@ -314,14 +316,14 @@ class EngineClient:
             future.set_result(value)
 
     def _deliver(self, batch: list) -> None:  # on the streams' event loop
-        for rid, new, finished, reason in batch:
+        for rid, new, finished, reason, read_at in batch:
             outputs = self._streams.get(rid)
             if outputs is not None:
-                outputs.add(new, finished, reason)
+                outputs.add(new, finished, reason, read_at)
 
     def _fail_streams(self) -> None:  # on the streams' event loop
         for outputs in self._streams.values():
-            outputs.add([], True, "engine-exited")
+            outputs.add([], True, "engine-exited", 0.0)
 
     async def _ask(self, msg_for: Callable[[int], tuple]):
         future = asyncio.get_running_loop().create_future()

@@ -39,7 +39,7 @@ from mini_llm_server.engine import ITL_BINS, histogram_percentile_ms
 from mini_llm_server.engine_process import ModelFactory
 from mini_llm_server.load import LoadConfig, client_pool, run_split, summarize
 from mini_llm_server.load_record import service_context
-from mini_llm_server.metrics import TAKEN, WRITTEN, StreamStats
+from mini_llm_server.metrics import TAKEN, TAKEN_DELAY, WRITTEN, WRITTEN_DELAY, StreamStats
 from mini_llm_server.report import ADMISSION_DIVISOR
 from mini_llm_server.serving import ServingConfig
 
@@ -92,8 +92,11 @@ def _run(servers: ApiServers, load: LoadConfig, client, processes: int) -> dict:
         **{k: s[k] for k in ("requests", "errors", "tokens_per_s", "itl_p50_ms", "itl_p95_ms", "itl_p99_ms",
                              "ttft_p50_ms", "ttft_p99_ms", "client_cpu_share")},
         "engine_itl_p95_ms": histogram_percentile_ms(engine_gaps, 95),
-        "taken_itl_p95_ms": stats.gap_percentile_ms(TAKEN, 95, since=cells_before),
-        "written_itl_p95_ms": stats.gap_percentile_ms(WRITTEN, 95, since=cells_before),
+        "taken_itl_p95_ms": stats.percentile_ms(TAKEN, 95, since=cells_before),
+        "written_itl_p95_ms": stats.percentile_ms(WRITTEN, 95, since=cells_before),
+        # each token's delay since the engine read it, as its API process takes it and once its event is written
+        "taken_delay_p95_ms": stats.percentile_ms(TAKEN_DELAY, 95, since=cells_before),
+        "written_delay_p95_ms": stats.percentile_ms(WRITTEN_DELAY, 95, since=cells_before),
         "mixed_step_share": mixed / max(steps, 1),
         "mixed_step_ms": 1e3 * (engine_after["mixed_step_seconds"] - engine_before["mixed_step_seconds"])
         / max(mixed, 1),

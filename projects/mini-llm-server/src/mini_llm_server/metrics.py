@@ -50,10 +50,14 @@ ITL = RowHistogram("mini_llm_inter_token_latency_seconds", "time between tokens"
                    (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1), offset=TTFT.end)  # fmt: skip
 # A stream's inter-token gaps inside its API process, in the engine's 10-us bins (engine.ITL_BIN_S): as its
 # task takes a token off the engine's pipe (TAKEN), and once the token's event is written to the socket
-# (WRITTEN). Beside the engine's own gaps and the client's they split delivery's tail into hops. Kept out of
-# /metrics (5000 buckets make no Prometheus series); serving-bench reads them (StreamStats.gap_percentile_ms).
+# (WRITTEN). Beside the engine's own gaps and the client's they split delivery's tail into hops. Then each
+# token's delay at the same two points since the engine read it off the GPU (RequestOutput.read_at; for a
+# stream that takes several tokens at once, its newest): a gap's percentile mixes delivery's delays with the
+# engine's own gaps, the delay is delivery's alone. Kept out of /metrics (5000 buckets make no Prometheus
+# series); serving-bench reads them (StreamStats.percentile_ms).
 TAKEN, WRITTEN = ITL.end, ITL.end + ITL_BINS
-ROW = WRITTEN + ITL_BINS
+TAKEN_DELAY, WRITTEN_DELAY = WRITTEN + ITL_BINS, WRITTEN + 2 * ITL_BINS
+ROW = WRITTEN_DELAY + ITL_BINS
 
 
 def shared_cells(processes: int) -> MutableSequence[float]:
@@ -79,13 +83,14 @@ class StreamStats:
         self.cells[start + bisect.bisect_left(histogram.bounds, value)] += 1  # le: the first bound >= value
         self.cells[start + len(histogram.bounds) + 1] += value
 
-    def gap(self, at: int, seconds: float) -> None:
-        """One inter-token gap, at TAKEN or WRITTEN."""
-        self.cells[self.at + at + min(int(seconds / ITL_BIN_S), ITL_BINS - 1)] += 1
+    def count(self, at: int, seconds: float) -> None:
+        """One time in 10-us bins: an inter-token gap (at TAKEN or WRITTEN) or a delay since the engine's read
+        (TAKEN_DELAY, WRITTEN_DELAY); a negative one (clocks that disagree) in the first bin."""
+        self.cells[self.at + at + max(0, min(int(seconds / ITL_BIN_S), ITL_BINS - 1))] += 1
 
-    def gap_percentile_ms(self, at: int, q: float, since: list[float] | None = None) -> float:
-        """The q-th percentile of the gaps counted at TAKEN or WRITTEN, every process's, in ms; with `since`
-        (an earlier snapshot()), of the gaps counted after it only."""
+    def percentile_ms(self, at: int, q: float, since: list[float] | None = None) -> float:
+        """The q-th percentile of the times counted at `at` (TAKEN, WRITTEN, TAKEN_DELAY, WRITTEN_DELAY), every
+        process's, in ms; with `since` (an earlier snapshot()), of those counted after it only."""
         counts = self.totals(at, at + ITL_BINS)
         if since is not None:
             earlier = StreamStats(since).totals(at, at + ITL_BINS)
@@ -93,7 +98,7 @@ class StreamStats:
         return histogram_percentile_ms(counts, q)
 
     def snapshot(self) -> list[float]:
-        """Every process's row as of now, for gap_percentile_ms(since=...)."""
+        """Every process's row as of now, for percentile_ms(since=...)."""
         return self.cells[:]
 
     def totals(self, first: int = 0, end: int = ROW) -> list[float]:

@@ -49,7 +49,7 @@ from mini_llm_server.engine import LLMEngine
 from mini_llm_server.engine_process import EngineProcess, ModelFactory, copy_of
 from mini_llm_server.load import LoadConfig, client_pool, run_split, summarize
 from mini_llm_server.load_record import service_context
-from mini_llm_server.metrics import TAKEN, WRITTEN, StreamStats
+from mini_llm_server.metrics import TAKEN, TAKEN_DELAY, WRITTEN, WRITTEN_DELAY, StreamStats
 from mini_llm_server.model_runner import kv_bytes_per_block
 from mini_llm_server.report import ADMISSION_DIVISOR, TINYLLAMA, release_memory
 
@@ -131,6 +131,10 @@ def _service(
         engine.close()
 
 
+# the API processes' series serving-bench records, by the name of their columns (metrics.py)
+HOPS = {TAKEN: "taken_itl", WRITTEN: "written_itl", TAKEN_DELAY: "taken_delay", WRITTEN_DELAY: "written_delay"}
+
+
 def _point(model: Transformer, tok: Tokenizer, engine_config: EngineConfig, load: LoadConfig, max_queue: int,
            client: ProcessPoolExecutor, client_processes: int, factory: ModelFactory | None = None,
            api_servers: int = 0) -> dict:  # fmt: skip
@@ -147,7 +151,7 @@ def _point(model: Transformer, tok: Tokenizer, engine_config: EngineConfig, load
         for what in sorted(failed):  # the record counts errors; the log says what they were
             print(f"  error: {what}", flush=True)
         m = asyncio.run(engine.metrics())
-        api_gaps = {(at, q): stats.gap_percentile_ms(at, q) for at in (TAKEN, WRITTEN) for q in (50, 95, 99)}
+        api_gaps = {(at, q): stats.percentile_ms(at, q) for at in HOPS for q in (50, 95, 99)}
         del engine
     block_bytes = kv_bytes_per_block(model, engine_config.block_size)
     active = min(load.concurrency or engine_config.max_num_seqs, engine_config.max_num_seqs)  # running at peak
@@ -166,10 +170,11 @@ def _point(model: Transformer, tok: Tokenizer, engine_config: EngineConfig, load
     summary["mixed_step_share"] = m["mixed_steps"] / max(m["steps"], 1)
     for q in (50, 95, 99):  # the engine's own inter-token gaps, as it reads the tokens: the tail before delivery
         summary[f"engine_itl_p{q}_ms"] = m[f"itl_p{q}_ms"]
-    # the same streams' gaps inside the API processes: taken off the engine's pipe, and written to the socket
-    for at, name in ((TAKEN, "taken"), (WRITTEN, "written")):
+    # the same streams' gaps inside the API processes: taken off the engine's pipe, and written to the socket;
+    # and each token's delay there since the engine read it
+    for at, name in HOPS.items():
         for q in (50, 95, 99):
-            summary[f"{name}_itl_p{q}_ms"] = api_gaps[at, q]
+            summary[f"{name}_p{q}_ms"] = api_gaps[at, q]
     summary.update(_gpu_figures(m))
     release_memory(model.lm_head.weight.device)
     return summary
