@@ -16,15 +16,16 @@ class EngineConfig:
     gpu_memory_fraction: float = 0.9  # on a GPU with neither set: this fraction of free memory, after weights
     max_num_seqs: int = 64  # sequences in the running batch at most
     # tokens computed per step at most (the chunked-prefill budget). Every stream waits for a step that carries
-    # prompt tokens, so this bounds the inter-token tail. In ten H200 runs (at 71e8ae5, 40aff69, e918e47, 2263454,
-    # 52c90c2, 4828595, 45c7312, d97b9ec, cbf2921, 61534e0) 32 streams had a p95 gap of 2.03-2.18 ms with 256
-    # against 2.40-2.53 with 512. At 128 streams neither budget streamed faster in every run: while the engine
-    # process's host set the pace, 256 kept 512's throughput in the first three, led by 11% in the fourth and
-    # trailed by 13% in the fifth; in the sixth and seventh, the GPU 98-99.5% busy at both, it trailed by 3%; in
-    # the eighth it led by 11%, the GPU 88% busy with 512; in the ninth it trailed by 6%, the GPU 99% busy at both;
-    # in the tenth it led by 2%, the GPU 96% busy with 512 (results/h200/serving.json and its history in git;
-    # earlier/serving_71e8ae5_budget_512.json, earlier/serving_52c90c2.json, earlier/serving_4828595.json,
-    # earlier/serving_45c7312.json, earlier/serving_d97b9ec.json, earlier/serving_cbf2921.json). What smaller
+    # prompt tokens, so this bounds the inter-token tail. In eleven H200 runs (at 71e8ae5, 40aff69, e918e47,
+    # 2263454, 52c90c2, 4828595, 45c7312, d97b9ec, cbf2921, 61534e0, e0875c7) 32 streams had a p95 gap of
+    # 2.01-2.18 ms with 256 against 2.38-2.53 with 512. At 128 streams neither budget streamed faster in every run:
+    # while the engine process's host set the pace, 256 kept 512's throughput in the first three, led by 11% in the
+    # fourth and trailed by 13% in the fifth; in the sixth and seventh, the GPU 98-99.5% busy at both, it trailed by
+    # 3%; in the eighth it led by 11%, the GPU 88% busy with 512; in the ninth it trailed by 6%, the GPU 99% busy at
+    # both; in the tenth and eleventh it led by 2% and 5%, the GPU 96% and 92% busy with 512
+    # (results/h200/serving.json and its history in git; earlier/serving_71e8ae5_budget_512.json,
+    # earlier/serving_52c90c2.json, earlier/serving_4828595.json, earlier/serving_45c7312.json,
+    # earlier/serving_d97b9ec.json, earlier/serving_cbf2921.json, earlier/serving_61534e0.json). What smaller
     # budgets cost at 128 streams: see max_prefill_tokens below
     max_num_batched_tokens: int = 256
     # tokens of sequences catching up (prompt chunks, recomputation after a preemption) per step at most, on top of
